@@ -1,0 +1,3 @@
+from dginstyle.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,151 @@
+"""`dginstyle <stage> ...`: one subcommand per workflow stage, each usable without Snakemake.
+
+Handlers import their modules lazily so that `--help` answers at once. Expected failures
+(bad input, bad config) raise `DataError` and end with one line on stderr and exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from dginstyle import __version__
+from dginstyle.io import DataError
+
+REAL_FORMATS = ("gta5", "cityscapes", "bdd100k", "mapillary", "acdc", "darkzurich")
+FORMATS = REAL_FORMATS + ("minicity",)
+
+
+def _workers(value: str) -> int:
+    workers = int(value)
+    if workers < 1:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return workers
+
+
+def _default_workers() -> int:
+    # Snakemake exports OMP_NUM_THREADS = the rule's threads: follow it when present.
+    return max(1, int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
+
+
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "prepare",
+        help="convert a dataset (or render the miniature world) into the prepared-dataset contract",
+        description=(
+            "Convert a real dataset from its official download layout, or render a miniature-world "
+            "domain, into <out>/labels/<split>/<stem>.png (Cityscapes train IDs, 255 = ignore), "
+            "<out>/images/<split>/, <out>/<split>.txt, class statistics and <out>/manifest.json."
+        ),
+    )
+    p.add_argument("format", choices=FORMATS, help="dataset format")
+    p.add_argument("--out", required=True, type=Path, help="output folder (replaced only when complete)")
+    p.add_argument("--root", type=Path, help="raw dataset root in its official layout (real formats)")
+    p.add_argument(
+        "--splits",
+        help="real formats: comma-separated split names (default: the format's labelled splits); "
+        "minicity: name=count pairs, e.g. train=800,val=200",
+    )
+    p.add_argument("--name", help="dataset name recorded in the manifest (default: the out folder's name)")
+    p.add_argument("--workers", type=_workers, default=None, help="parallel processes (default: $OMP_NUM_THREADS or all CPUs)")
+    p.add_argument("--rcs-min-pixels", type=int, default=3000, help="an image counts for a class in RCS when it holds more pixels than this")
+    p.add_argument(
+        "--size-mismatch",
+        choices=("error", "skip"),
+        default="error",
+        help="a label whose size differs from its image: stop (default) or skip the pair and list it in the manifest",
+    )
+    mini = p.add_argument_group("minicity (the miniature world)")
+    mini.add_argument("--domain", help="minicity domain: source style, a target style, or 'prior'")
+    mini.add_argument("--seed", type=int, default=0, help="world seed; the same seed gives byte-identical output")
+    mini.add_argument("--size", default="128x64", help="image size WIDTHxHEIGHT")
+    p.set_defaults(handler=_run_prepare)
+
+
+def _run_prepare(args: argparse.Namespace) -> None:
+    from dginstyle.data.prepare import prepare
+
+    prepare(
+        fmt=args.format,
+        out=args.out,
+        root=args.root,
+        splits=args.splits,
+        name=args.name,
+        workers=args.workers or _default_workers(),
+        rcs_min_pixels=args.rcs_min_pixels,
+        size_mismatch=args.size_mismatch,
+        domain=args.domain,
+        seed=args.seed,
+        size=args.size,
+    )
+
+
+def _add_contact_sheet(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "contact-sheet",
+        help="a PNG grid of a prepared dataset: image | colour-coded label per sample",
+        description="Draw the first N samples of a prepared dataset split as image | colour-coded label pairs.",
+    )
+    p.add_argument("--dataset", required=True, type=Path, help="prepared dataset folder")
+    p.add_argument("--split", help="split to draw (default: the first one in the manifest)")
+    p.add_argument("--count", type=int, default=8, help="number of samples")
+    p.add_argument("--out", required=True, type=Path, help="output PNG")
+    p.set_defaults(handler=_run_contact_sheet)
+
+
+def _run_contact_sheet(args: argparse.Namespace) -> None:
+    from dginstyle.data.contact_sheet import contact_sheet
+
+    contact_sheet(args.dataset, args.out, split=args.split, count=args.count)
+
+
+def _add_evaluate_predictions(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate-predictions",
+        help="metrics of a folder of train-ID predictions against a prepared dataset split",
+        description=(
+            "Dataset-level confusion matrix over the 19 classes (255 ignored), per-class IoU, mIoU "
+            "(mean over classes present in the ground truth or the prediction, as mmseg's IoUMetric), "
+            "aAcc and pixel counts, written as JSON."
+        ),
+    )
+    p.add_argument("--pred", required=True, type=Path, help="folder of <stem>.png predictions in train IDs")
+    p.add_argument("--dataset", required=True, type=Path, help="prepared dataset folder")
+    p.add_argument("--split", required=True, help="split to evaluate")
+    p.add_argument("--out", required=True, type=Path, help="metrics JSON")
+    p.set_defaults(handler=_run_evaluate_predictions)
+
+
+def _run_evaluate_predictions(args: argparse.Namespace) -> None:
+    from dginstyle.metrics import evaluate_prediction_folder
+
+    evaluate_prediction_folder(args.pred, args.dataset, args.split, args.out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dginstyle", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"dginstyle {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
+    _add_prepare(sub)
+    _add_contact_sheet(sub)
+    _add_evaluate_predictions(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        args.handler(args)
+    except DataError as exc:
+        print(f"dginstyle {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    return 0

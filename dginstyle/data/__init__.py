@@ -1,0 +1,1 @@
+"""Dataset readers, the miniature world, and the prepared-dataset contract."""
