@@ -1,0 +1,23 @@
+# DGInStyle, one DAG: datasets -> generator -> generated set -> segmentation -> tables.
+# Run `snakemake --cores all` for the miniature world (config.yaml); see README.md.
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        prepared_datasets(),
+        contact_sheets(),

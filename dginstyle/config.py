@@ -1,0 +1,114 @@
+"""Config validation: the JSON schema with defaults filled, then the checks a schema cannot say.
+
+Called by the Snakefile at DAG-build time, so a typo'd key, a wrong type, an unknown dataset
+or a missing dataset root stops the run in about a second, before any job starts. Imports only
+the standard library, yaml and jsonschema (both come with Snakemake), so the Snakefile can
+load it even when the package's heavy dependencies live in per-rule conda envs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from dginstyle.data.layouts import layout_problems
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A config that the run must not start with; the message names the key and the expectation."""
+
+
+def _with_defaults(validator_class):
+    """A validator class that also writes each property's `default` into the instance."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema and name not in instance:
+                    instance[name] = json.loads(json.dumps(subschema["default"]))  # a copy
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def _key_path(error: jsonschema.ValidationError) -> str:
+    parts = [str(p) for p in error.absolute_path]
+    return ".".join(parts) if parts else "(top level)"
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    """One line: which key, what is wrong, what was expected."""
+    where = _key_path(error)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        key = f"{where}.{extra[0]}" if where != "(top level)" else extra[0]
+        return f"config key '{key}': unknown key (allowed here: {', '.join(allowed)})"
+    if error.validator == "required":
+        return f"config key '{where}': {error.message}"
+    expected = error.schema.get("description")
+    hint = f" (expected: {expected})" if expected else ""
+    return f"config key '{where}': {error.message}{hint}"
+
+
+def validate_config(config: dict, schema_path: Path = SCHEMA_PATH, check_roots: bool = True) -> dict:
+    """Validate `config` in place (defaults filled) and return it; raise ConfigError otherwise."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: (len(list(e.absolute_path)), str(e.absolute_path)))
+    if errors:
+        # The deepest error of the first failing key is the most specific one.
+        best = jsonschema.exceptions.best_match(errors)
+        raise ConfigError(_describe(best))
+    _check_references(config)
+    if check_roots:
+        _check_dataset_roots(config)
+    return config
+
+
+def used_datasets(config: dict) -> list[str]:
+    """The datasets the run needs: the source, the targets and the prior corpus, in that order."""
+    names = [config["source"], *config["targets"]]
+    if config.get("prior", {}).get("corpus"):
+        names.append(config["prior"]["corpus"])
+    return list(dict.fromkeys(names))
+
+
+def _check_references(config: dict) -> None:
+    datasets = config["datasets"]
+    refs = [("source", config["source"])] + [(f"targets[{i}]", t) for i, t in enumerate(config["targets"])]
+    corpus = config.get("prior", {}).get("corpus")
+    if corpus:
+        refs.append(("prior.corpus", corpus))
+    for key, name in refs:
+        if name not in datasets:
+            raise ConfigError(f"config key '{key}': unknown dataset {name!r} (defined under 'datasets': {', '.join(sorted(datasets))})")
+    source = datasets[config["source"]]
+    if source["format"] == "minicity" and source["domain"] == "prior":
+        raise ConfigError(f"config key 'source': dataset {config['source']!r} is the unlabelled prior corpus, not a labelled source")
+    if corpus and not (datasets[corpus]["format"] == "minicity" and datasets[corpus]["domain"] == "prior"):
+        raise ConfigError(f"config key 'prior.corpus': dataset {corpus!r} is not a minicity prior corpus (format minicity, domain prior)")
+    if corpus and config["prior"].get("model"):
+        raise ConfigError("config keys 'prior.model' and 'prior.corpus': give a pretrained model or a corpus to train the tiny prior on, not both")
+
+
+def _check_dataset_roots(config: dict) -> None:
+    for name in used_datasets(config):
+        entry = config["datasets"][name]
+        if entry["format"] == "minicity":
+            continue
+        problems = layout_problems(entry["format"], Path(entry["root"]), entry.get("splits"))
+        if problems:
+            raise ConfigError(f"config key 'datasets.{name}.root': {problems[0]}")
+
+
+def config_hash(config: dict) -> str:
+    """A short stable hash of the validated config, recorded beside results."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]

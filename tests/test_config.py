@@ -1,0 +1,147 @@
+"""Config schema: defaults filled, and every bad config refused with a message naming the key."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dginstyle.config import ConfigError, config_hash, used_datasets, validate_config
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = {
+    "default": REPO / "config.yaml",
+    "smoke": REPO / "workflow" / "configs" / "smoke.yaml",
+    "paper": REPO / "workflow" / "configs" / "paper.yaml",
+}
+
+
+def load(name: str) -> dict:
+    return yaml.safe_load(CONFIGS[name].read_text())
+
+
+@pytest.mark.parametrize("name", ["default", "smoke"])
+def test_shipped_miniature_configs_validate_and_fill_defaults(name):
+    config = validate_config(load(name))
+    assert config["style_swap"]["variant"] == "plain"
+    assert config["generation"]["guidance_scale"] == 7.5  # paper default filled in
+    assert config["generation"]["weather_schedule"] == {"adverse": 3000, "night": 1000, "plain": 3000}
+    assert config["prior"]["corpus"] in used_datasets(config)
+
+
+def test_paper_config_holds_the_paper_settings_without_roots_check():
+    config = validate_config(load("paper"), check_roots=False)
+    assert config["finetune_unet"]["learning_rate"] == 2e-6
+    assert config["finetune_unet"]["steps"] == 30000
+    assert config["controlnet"]["learning_rate"] == 1e-5
+    assert config["generation"]["stride"] == 8 and config["generation"]["area_threshold"] == 20000
+    assert config["segmentation"]["iterations"] == 40000 and config["segmentation"]["seeds"] == [0, 1, 2]
+    assert used_datasets(config) == ["gta5", "cityscapes", "bdd100k", "mapillary", "acdc", "darkzurich"]
+
+
+def test_paper_config_with_missing_roots_names_the_root():
+    with pytest.raises(ConfigError, match=r"datasets\.gta5\.root.*data/gta5"):
+        validate_config(load("paper"))
+
+
+def expect_error(config: dict, *patterns: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        validate_config(config)
+    message = str(info.value)
+    for pattern in patterns:
+        assert pattern in message, message
+    assert "\n" not in message
+    return message
+
+
+def test_typo_in_a_nested_key_is_named_with_the_allowed_keys():
+    config = load("smoke")
+    config["generation"] = {"guidance_scal": 7.5}
+    expect_error(config, "generation.guidance_scal", "unknown key", "guidance_scale")
+
+
+def test_typo_at_top_level():
+    config = load("smoke")
+    config["segmentaton"] = {}
+    expect_error(config, "'segmentaton'", "unknown key")
+
+
+def test_typo_inside_a_dataset_entry():
+    config = load("smoke")
+    config["datasets"]["mini_gta5"]["split"] = config["datasets"]["mini_gta5"].pop("splits")
+    expect_error(config, "datasets.mini_gta5")
+
+
+def test_wrong_type_names_key_and_expectation():
+    config = load("smoke")
+    config["minicity"]["width"] = "wide"
+    expect_error(config, "minicity.width", "integer")
+
+
+def test_negative_count_refused():
+    config = load("smoke")
+    config["datasets"]["mini_gta5"]["splits"]["train"] = -5
+    expect_error(config, "datasets.mini_gta5.splits.train", "minimum")
+
+
+def test_unknown_domain_and_format():
+    config = load("smoke")
+    config["datasets"]["mini_gta5"]["domain"] = "gta6"
+    expect_error(config, "datasets.mini_gta5.domain", "gta6")
+    config = load("smoke")
+    config["datasets"]["mini_gta5"]["format"] = "kitti"
+    expect_error(config, "datasets.mini_gta5.format", "kitti")
+
+
+def test_unknown_dataset_reference():
+    config = load("smoke")
+    config["targets"].append("mini_kitti")
+    expect_error(config, "targets[2]", "mini_kitti", "unknown dataset")
+
+
+def test_prior_corpus_as_source_refused():
+    config = load("smoke")
+    config["source"] = "mini_prior"
+    expect_error(config, "'source'", "unlabelled prior corpus")
+
+
+def test_real_dataset_without_root_key():
+    config = load("smoke")
+    config["datasets"]["cs"] = {"format": "cityscapes"}
+    config["targets"].append("cs")
+    expect_error(config, "datasets.cs", "root")
+
+
+def test_real_dataset_root_missing_on_disk(tmp_path):
+    config = load("smoke")
+    missing = tmp_path / "nowhere"
+    config["datasets"]["cs"] = {"format": "cityscapes", "root": str(missing)}
+    config["targets"].append("cs")
+    expect_error(config, "datasets.cs.root", str(missing))
+
+
+def test_real_dataset_root_with_wrong_layout(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()  # a GTA5 layout given as Cityscapes
+    config = load("smoke")
+    config["datasets"]["cs"] = {"format": "cityscapes", "root": str(tmp_path)}
+    config["targets"].append("cs")
+    expect_error(config, "datasets.cs.root", "leftImg8bit")
+
+
+def test_config_hash_is_stable_and_sensitive():
+    a = validate_config(load("smoke"))
+    b = validate_config(load("smoke"))
+    assert config_hash(a) == config_hash(b)
+    c = copy.deepcopy(a)
+    c["minicity"]["seed"] = 1
+    assert config_hash(c) != config_hash(a)
+
+
+def test_schema_is_usable_by_snakemake_validate():
+    """The schema is plain JSON schema: Snakemake's own validator accepts the shipped configs."""
+    from snakemake.utils import validate
+
+    validate(load("smoke"), str(REPO / "workflow" / "schemas" / "config.schema.yaml"))

@@ -1,0 +1,64 @@
+"""Label tables: the official Cityscapes train IDs and the Mapillary mapping, checked against
+values written out here by hand (not derived from the code under test)."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from dginstyle import labels
+
+# Cityscapes label ID -> train ID for the 19 evaluated classes (cityscapesScripts labels.py).
+CITYSCAPES_TRAIN = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10,
+                    24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+# method.md section 4.
+MAPILLARY = {13: 0, 24: 0, 41: 0, 2: 1, 15: 1, 17: 2, 6: 3, 3: 4, 45: 5, 47: 5, 48: 6, 50: 7, 30: 8,
+             29: 9, 27: 10, 19: 11, 20: 12, 21: 12, 22: 12, 55: 13, 61: 14, 54: 15, 58: 16, 57: 17, 52: 18}
+
+
+def test_class_names_in_train_id_order():
+    assert labels.CLASSES == ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light",
+                              "traffic sign", "vegetation", "terrain", "sky", "person", "rider", "car",
+                              "truck", "bus", "train", "motorcycle", "bicycle")
+    assert tuple(labels.PALETTE[0]) == (128, 64, 128) and tuple(labels.PALETTE[10]) == (70, 130, 180)
+
+
+def test_cityscapes_table():
+    table = labels.cityscapes_id_to_train_id()
+    for raw in range(256):
+        if raw in CITYSCAPES_TRAIN:
+            assert table[raw] == CITYSCAPES_TRAIN[raw]
+        elif raw <= 33:
+            assert table[raw] == 255, raw  # unlabeled, parking, guard rail, caravan, ...
+        else:
+            assert table[raw] == labels.INVALID, raw
+
+
+def test_mapillary_table():
+    table = labels.mapillary_v12_to_train_id()
+    for raw in range(256):
+        expected = MAPILLARY.get(raw, 255 if raw < 66 else labels.INVALID)
+        assert table[raw] == expected, raw
+
+
+def test_identity_table_accepts_train_ids_and_ignore_only():
+    table = labels.identity_train_ids()
+    assert [table[i] for i in range(19)] == list(range(19))
+    assert table[255] == 255
+    assert all(table[i] == labels.INVALID for i in range(19, 255))
+
+
+@given(arrays(np.uint8, st.tuples(st.integers(1, 9), st.integers(1, 9)), elements=st.sampled_from(sorted(CITYSCAPES_TRAIN) + [0, 4, 9, 30])))
+def test_apply_lut_matches_elementwise_mapping(raw):
+    mapped, bad = labels.apply_lut(raw, labels.cityscapes_id_to_train_id())
+    assert bad.size == 0
+    expected = np.vectorize(lambda v: CITYSCAPES_TRAIN.get(int(v), 255))(raw)
+    assert mapped.dtype == np.uint8 and (mapped == expected).all()
+
+
+@given(arrays(np.uint8, st.tuples(st.integers(1, 9), st.integers(1, 9))))
+def test_apply_lut_reports_exactly_the_out_of_range_values(raw):
+    _, bad = labels.apply_lut(raw, labels.mapillary_v12_to_train_id())
+    assert set(bad.tolist()) == {int(v) for v in np.unique(raw) if v >= 66}

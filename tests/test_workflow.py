@@ -1,0 +1,114 @@
+"""The Snakemake DAG: lint, dry runs of every shipped config, fast config refusal, a smoke run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fake_trees import make_tree
+
+REPO = Path(__file__).resolve().parent.parent
+SMOKE = REPO / "workflow" / "configs" / "smoke.yaml"
+PAPER = REPO / "workflow" / "configs" / "paper.yaml"
+
+
+def snakemake(*args: str, cwd: Path = REPO, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run Snakemake on this repo's Snakefile with `cwd` as the working directory."""
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), *args]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
+    """The 'Job stats' table of a dry run as {rule: count}."""
+    counts: dict[str, int] = {}
+    in_table = False
+    for line in result.stdout.splitlines():
+        parts = line.split()
+        if parts[:2] == ["job", "count"]:
+            in_table = True
+            continue
+        if in_table and len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+        elif in_table and parts and not parts[0].startswith("-"):
+            in_table = parts[0] != "total" and in_table
+    return counts
+
+
+def test_lint_is_clean_at_repo_root():
+    result = snakemake("--lint")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dry_run_of_default_config_plans_every_dataset():
+    result = snakemake("-n", "--cores", "2")
+    assert result.returncode == 0, result.stderr
+    jobs = planned_jobs(result)
+    assert jobs["prepare_dataset"] == 7  # source, five targets, prior corpus
+    assert jobs["contact_sheet"] == 7
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        (lambda c: c["minicity"].update(widht=64), "minicity.widht"),
+        (lambda c: c["minicity"].update(width="wide"), "minicity.width"),
+        (lambda c: c["datasets"].update(cs={"format": "cityscapes", "root": "/no/such/cityscapes"}) or c["targets"].append("cs"), "/no/such/cityscapes"),
+    ],
+    ids=["typo", "wrong-type", "missing-root"],
+)
+def test_bad_config_fails_in_seconds_naming_the_key(tmp_path, mutate, expected):
+    config = yaml.safe_load(SMOKE.read_text())
+    mutate(config)
+    configfile = write_config(tmp_path / "bad.yaml", config)
+    start = time.monotonic()
+    result = snakemake("-n", "--cores", "1", "--configfile", str(configfile), cwd=tmp_path)
+    elapsed = time.monotonic() - start
+    assert result.returncode != 0
+    assert expected in result.stdout + result.stderr
+    assert elapsed < 10, f"refusing a bad config took {elapsed:.1f}s"
+
+
+def test_paper_dry_run_against_fake_dataset_trees(tmp_path):
+    config = yaml.safe_load(PAPER.read_text())
+    for name, entry in config["datasets"].items():
+        root = tmp_path / "data" / name
+        make_tree(entry["format"], root, count=3, names_only=True)
+        entry["root"] = str(root)
+    configfile = write_config(tmp_path / "paper.yaml", config)
+    result = snakemake("-n", "-p", "--cores", "2", "--configfile", str(configfile), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    jobs = planned_jobs(result)
+    assert jobs["prepare_dataset"] == 6
+    assert jobs["contact_sheet"] == 6
+    assert "--root" in result.stdout and str(tmp_path / "data" / "gta5") in result.stdout
+
+
+@pytest.mark.slow
+def test_smoke_run_prepares_every_dataset_and_contact_sheet(tmp_path):
+    result = snakemake("--cores", "2", "--configfile", str(SMOKE), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    config = yaml.safe_load(SMOKE.read_text())
+    for name, entry in config["datasets"].items():
+        root = tmp_path / "results" / "datasets" / name
+        manifest = json.loads((root / "manifest.json").read_text())
+        assert manifest["splits"] == entry["splits"]
+        for split, count in entry["splits"].items():
+            assert len((root / f"{split}.txt").read_text().split()) == count
+        assert (tmp_path / "results" / "figures" / "contact_sheets" / f"{name}.png").stat().st_size > 0
+        assert (tmp_path / "results" / "logs" / "prepare" / f"{name}.log").exists()
+        assert (tmp_path / "results" / "benchmarks" / "rules" / "prepare" / f"{name}.tsv").exists()
+    # Nothing left to do on a rerun: the outputs are complete and cached.
+    rerun = snakemake("-n", "--cores", "2", "--configfile", str(SMOKE), cwd=tmp_path)
+    assert rerun.returncode == 0
+    assert "Nothing to be done" in rerun.stdout + rerun.stderr
