@@ -45,6 +45,12 @@ def test_lint_is_clean_at_repo_root():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_snakefiles_are_snakefmt_formatted():
+    files = [REPO / "Snakefile", *sorted((REPO / "workflow" / "rules").glob("*.smk"))]
+    result = subprocess.run([sys.executable, "-m", "snakefmt", "--check", *map(str, files)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_dry_run_of_default_config_plans_every_dataset():
     result = snakemake("-n", "--cores", "2")
     assert result.returncode == 0, result.stderr

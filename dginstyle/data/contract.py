@@ -67,13 +67,18 @@ def class_pixel_counts(label: np.ndarray) -> list[int]:
     return [int(c) for c in counts[:NUM_CLASSES]] + [int(counts[IGNORE])]
 
 
-def write_label(staging: Path, split: str, stem: str, label: np.ndarray) -> Record:
-    """Encode and write one train-ID map; return its checksum and class pixel counts."""
+def write_label(staging: Path, split: str, stem: str, label: np.ndarray, class_pixels: list[int] | None = None) -> Record:
+    """Encode and write one train-ID map; return its checksum and class pixel counts.
+
+    `class_pixels` may be passed when the caller already has them (prepare derives them from
+    the raw label's histogram, saving a second pass over the image).
+    """
     data = encode_label_png(label)
     path = label_path(staging, split, stem)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)  # the staging folder as a whole is what is atomic
-    return Record(split, stem, sha256_bytes(data), class_pixel_counts(label), tuple(label.shape))
+    counts = class_pixel_counts(label) if class_pixels is None else class_pixels
+    return Record(split, stem, sha256_bytes(data), counts, tuple(label.shape))
 
 
 def link_image(staging: Path, split: str, stem: str, original: Path) -> None:

@@ -49,7 +49,9 @@ def prepare_arguments(wildcards):
     ]
     if entry["format"] == "minicity":
         world = config["minicity"]
-        splits = ",".join(f"{split}={count}" for split, count in entry["splits"].items())
+        splits = ",".join(
+            f"{split}={count}" for split, count in entry["splits"].items()
+        )
         args += [
             f"--domain {entry['domain']}",
             f"--splits {splits}",

@@ -4,18 +4,18 @@
 rule prepare_dataset:
     output:
         directory("results/datasets/{dataset}"),
-    params:
-        args=prepare_arguments,
     log:
         "results/logs/prepare/{dataset}.log",
     benchmark:
         "results/benchmarks/rules/prepare/{dataset}.tsv"
+    conda:
+        "../../envs/data.yaml"
     threads: 4
     resources:
         mem_mb=4000,
         runtime=120,
-    conda:
-        "../../envs/data.yaml"
+    params:
+        args=prepare_arguments,
     shell:
         "python -m dginstyle prepare {params.args} --workers {threads} --out {output} > {log} 2>&1"
 
@@ -30,15 +30,15 @@ rule contact_sheet:
             category="Datasets",
             labels={"dataset": "{dataset}"},
         ),
-    params:
-        samples=config["prepare"]["contact_sheet_count"],
     log:
         "results/logs/contact_sheet/{dataset}.log",
+    conda:
+        "../../envs/data.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../../envs/data.yaml"
+    params:
+        samples=config["prepare"]["contact_sheet_count"],
     shell:
         "python -m dginstyle contact-sheet --dataset {input} --count {params.samples} --out {output} > {log} 2>&1"
