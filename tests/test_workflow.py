@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -21,7 +22,9 @@ PAPER = REPO / "workflow" / "configs" / "paper.yaml"
 def snakemake(*args: str, cwd: Path = REPO, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run Snakemake on this repo's Snakefile with `cwd` as the working directory."""
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), *args]
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    # Jobs call `python`: make it this interpreter, as an activated venv would.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
@@ -51,8 +54,8 @@ def test_snakefiles_are_snakefmt_formatted():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_dry_run_of_default_config_plans_every_dataset():
-    result = snakemake("-n", "--cores", "2")
+def test_dry_run_of_default_config_plans_every_dataset(tmp_path):
+    result = snakemake("-n", "--cores", "2", "--configfile", str(REPO / "config.yaml"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     jobs = planned_jobs(result)
     assert jobs["prepare_dataset"] == 7  # source, five targets, prior corpus

@@ -6,6 +6,8 @@
     <out>/<split>.txt                   the stems of the split, sorted, one per line
     <out>/class_stats/<split>.json      per-image class pixel counts and, per class, the
                                         images holding more than `min_pixels` of it (RCS)
+    <out>/conditions.json               {split: {stem: condition}} where samples carry one
+                                        (ACDC's fog/night/rain/snow, the miniature world's weather)
     <out>/captions.jsonl                only for an unlabelled caption corpus (the prior)
     <out>/manifest.json                 dataset, split counts, source root, mapping used,
                                         sha256 of every written label file
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,7 +53,7 @@ class Record:
     label_sha256: str | None = None
     class_pixels: list[int] | None = None  # 19 train classes + ignore (index 19)
     size: tuple[int, int] | None = None  # (height, width)
-    extra: dict = field(default_factory=dict)  # e.g. {"caption": ...} for the prior corpus
+    extra: dict = field(default_factory=dict)  # {"condition": ...}; {"caption": ...} for the prior corpus
 
 
 def label_path(root: Path, split: str, stem: str) -> Path:
@@ -138,6 +141,13 @@ def finalize(
         atomic_write_text(staging / f"{split}.txt", "".join(f"{r.stem}\n" for r in split_records))
         if labelled:
             atomic_write_json(staging / "class_stats" / f"{split}.json", class_stats(split_records, rcs_min_pixels))
+    conditions: dict[str, dict[str, str]] = {}
+    for record in sorted(records, key=lambda r: (r.split, r.stem)):
+        if record.extra.get("condition"):
+            conditions.setdefault(record.split, {})[record.stem] = record.extra["condition"]
+    if conditions:
+        atomic_write_json(staging / "conditions.json", conditions)
+        manifest = {**manifest, "conditions": {split: dict(sorted(Counter(c.values()).items())) for split, c in conditions.items()}}
     captions = [dict(split=r.split, stem=r.stem, **r.extra) for r in sorted(records, key=lambda r: (r.split, r.stem)) if "caption" in r.extra]
     if captions:
         atomic_write_text(staging / "captions.jsonl", "".join(json.dumps(c) + "\n" for c in captions))

@@ -20,15 +20,11 @@ complete <out> is untouched because only `contract.finalize` renames staging -> 
 from __future__ import annotations
 
 import logging
-import math
-import multiprocessing
 import re
 import shutil
 import time
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -36,74 +32,12 @@ from PIL import Image
 from dginstyle.data import contract
 from dginstyle.data.layouts import LAYOUTS, Pair, check_layout, parse_splits, reader
 from dginstyle.io import DataError
+from dginstyle.parallel import chunked, parallel_map, stopped
 from dginstyle.labels import IGNORE, NUM_CLASSES, lut_as_pairs
 
 log = logging.getLogger(__name__)
 
 SIZE_MISMATCH_POLICIES = ("error", "skip")
-MAX_CHUNK = 32  # pairs per task: small enough that a stop request is honoured promptly
-
-# ------------------------------------------------------------------------------ process pool
-
-_STOP = None  # a multiprocessing.Event in workers: set by the parent after the first error
-
-
-def _init_worker(stop_event) -> None:
-    global _STOP
-    _STOP = stop_event
-
-
-def _stopped() -> bool:
-    return _STOP is not None and _STOP.is_set()
-
-
-def chunked(items: list, workers: int) -> list[list]:
-    """Split work into chunks: about 8 per worker (load balance), at most MAX_CHUNK items each."""
-    if not items:
-        return []
-    size = max(1, min(MAX_CHUNK, math.ceil(len(items) / (workers * 8))))
-    return [items[i : i + size] for i in range(0, len(items), size)]
-
-
-def parallel_map(fn: Callable[[Any], Any], jobs: Iterable[Any], workers: int) -> Iterable[Any]:
-    """Yield fn(job) for every job (in completion order) using `workers` processes.
-
-    The first exception of any job cancels the pending jobs, asks the running ones to stop,
-    and is re-raised here: a DataError as itself, anything else wrapped in a DataError. A
-    worker that dies (killed, out of memory) also ends in a DataError.
-    """
-    jobs = list(jobs)
-    if workers <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            yield fn(job)
-        return
-    context = multiprocessing.get_context()
-    stop = context.Event()
-    executor = ProcessPoolExecutor(
-        max_workers=min(workers, len(jobs)), mp_context=context, initializer=_init_worker, initargs=(stop,)
-    )
-    try:
-        pending = {executor.submit(fn, job) for job in jobs}
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-            for future in done:
-                exc = future.exception()
-                if exc is not None:
-                    stop.set()
-                    for other in pending:
-                        other.cancel()
-                    if isinstance(exc, DataError):
-                        raise DataError(str(exc)) from None
-                    if isinstance(exc, BrokenProcessPool):
-                        raise DataError(
-                            f"a worker process died ({exc}); it may have run out of memory: rerun with fewer --workers"
-                        ) from None
-                    raise DataError(f"conversion failed in a worker: {exc.__class__.__name__}: {exc}") from None
-                yield future.result()
-    finally:
-        stop.set()
-        executor.shutdown(wait=True, cancel_futures=True)
-
 
 # ------------------------------------------------------------------------------ per-pair work
 
@@ -137,7 +71,7 @@ class Converter:
     def __call__(self, pairs: list[Pair]) -> list:
         out = []
         for pair in pairs:
-            if _stopped():
+            if stopped():
                 break
             try:
                 out.append(self.convert(pair))
@@ -177,7 +111,10 @@ class Converter:
                 train_id = self.table[raw]
                 counts[train_id if train_id < NUM_CLASSES else NUM_CLASSES] += n
         contract.link_image(self.staging, pair.split, pair.stem, pair.image)
-        return contract.write_label(self.staging, pair.split, pair.stem, mapped, class_pixels=counts)
+        record = contract.write_label(self.staging, pair.split, pair.stem, mapped, class_pixels=counts)
+        if pair.condition:
+            record.extra["condition"] = pair.condition
+        return record
 
 
 _JPEG_SUFFIXES = (".jpg", ".jpeg")
@@ -377,14 +314,6 @@ def prepare_real(
             "size_mismatch": size_mismatch,
             "skipped": sorted(skipped, key=lambda s: (s["split"], s["stem"])),
         }
-        if any(p.condition for p in pairs):
-            condition = {(p.split, p.stem): p.condition for p in pairs}
-            by_condition: dict[str, dict[str, list[str]]] = {}
-            for record in sorted(records, key=lambda r: r.stem):
-                cond = condition[(record.split, record.stem)]
-                by_condition.setdefault(record.split, {}).setdefault(cond, []).append(record.stem)
-            manifest["conditions"] = {s: {c: len(v) for c, v in sorted(d.items())} for s, d in sorted(by_condition.items())}
-            manifest["stems_by_condition"] = {s: dict(sorted(d.items())) for s, d in sorted(by_condition.items())}
         manifest = contract.finalize(staging, out, records, manifest, rcs_min_pixels)
         complete = True
     finally:

@@ -1,0 +1,152 @@
+"""`minicity`: the miniature procedural street world, the project's embedded default data.
+
+Nothing real can be downloaded and the whole workflow must run on a small CPU machine, so the
+real setting is mirrored in miniature:
+
+* `game` is the labelled source domain (the GTA5 stand-in): clean, saturated, flat-shaded,
+  hard sunlight;
+* `cityscapes`, `bdd100k`, `mapillary`, `acdc` and `darkzurich` are labelled target domains
+  with the looks of their namesakes (see `styles.DOMAIN_SPECS`);
+* `prior` is an unlabelled, captioned corpus of street scenes in many styles and weathers,
+  standing in for what Stable Diffusion has seen (see the `styles` module docstring for why it
+  is fair).
+
+All domains share one layout generator (`scene`): a pinhole camera over a street with
+sidewalks, building blocks, side streets, parks, street furniture, traffic and people, so
+their label statistics match while their styles differ. Every image is a pure function of
+(seed, domain, split, index): its random generator is seeded from those four values, so the
+number of worker processes and their order never change a byte of output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from dginstyle.data import contract
+from dginstyle.io import DataError
+from dginstyle.labels import NUM_CLASSES
+from dginstyle.parallel import parallel_map
+
+from .post import finish
+from .raster import Canvas
+from .scene import draw_scene, sample_layout
+from .styles import DOMAIN_SPECS, caption, sample_domain_style, sample_prior_style, spec_for_manifest
+
+log = logging.getLogger(__name__)
+
+LABELLED_DOMAINS = ("game", "cityscapes", "bdd100k", "mapillary", "acdc", "darkzurich")
+DOMAINS = LABELLED_DOMAINS + ("prior",)
+SUPERSAMPLE = 2
+CHUNK = 48
+
+__all__ = ["DOMAINS", "LABELLED_DOMAINS", "image_rng", "render_sample", "prepare_minicity"]
+
+
+def _h64(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "little")
+
+
+def image_rng(seed: int, domain: str, split: str, index: int) -> np.random.SeedSequence:
+    """The seed sequence of one image, from (seed, domain, split, index) only."""
+    seed = int(seed) % (1 << 64)
+    return np.random.SeedSequence([seed & 0xFFFFFFFF, seed >> 32, _h64(domain), _h64(split), int(index)])
+
+
+def _check_domain(domain: str) -> None:
+    if domain not in DOMAINS:
+        raise DataError(f"minicity: unknown domain {domain!r}; valid domains: {', '.join(DOMAINS)}")
+
+
+def render_sample(domain: str, seed: int, split: str, index: int, width: int = 128, height: int = 64):
+    """Render one image: returns (rgb uint8 (H, W, 3), label uint8 (H, W), style, caption or None)."""
+    _check_domain(domain)
+    s_style, s_layout, s_render, s_caption = image_rng(seed, domain, split, index).spawn(4)
+    rng_style = np.random.default_rng(s_style)
+    st = sample_prior_style(rng_style) if domain == "prior" else sample_domain_style(domain, rng_style)
+    w2, h2 = width * SUPERSAMPLE, height * SUPERSAMPLE
+    sc = sample_layout(np.random.default_rng(s_layout), w2, h2, st.camera)
+    night = st.p["night"] > 0 or st.condition == "dusk"
+    cv = Canvas(h2, w2, emissive=night)
+    rng_render = np.random.default_rng(s_render)
+    lights = draw_scene(cv, sc, st, rng_render)
+    rgb, label = finish(cv, sc, st, lights, rng_render)
+    text = None
+    if domain == "prior":
+        counts = np.bincount(label.ravel(), minlength=256)[:NUM_CLASSES]
+        text = caption(st, counts, np.random.default_rng(s_caption))
+    return rgb, label, st, text
+
+
+def _stem(domain: str, split: str, index: int) -> str:
+    return f"{domain}_{split}_{index:06d}"
+
+
+def _render_chunk(args) -> list[contract.Record]:
+    staging, domain, seed, width, height, jobs = args
+    staging = Path(staging)
+    records = []
+    for split, index in jobs:
+        rgb, label, st, text = render_sample(domain, seed, split, index, width, height)
+        stem = _stem(domain, split, index)
+        contract.write_image(staging, split, stem, rgb)
+        if domain == "prior":
+            rec = contract.Record(split, stem, None, None, (height, width), {"caption": text, **st.extra})
+        else:
+            rec = contract.write_label(staging, split, stem, label)
+            rec.extra = {"condition": st.condition}
+        records.append(rec)
+    return records
+
+
+def prepare_minicity(
+    out: Path,
+    domain: str,
+    splits: dict[str, int],
+    seed: int,
+    width: int,
+    height: int,
+    workers: int,
+    name: str | None,
+    rcs_min_pixels: int,
+) -> dict:
+    """Render a miniature-world domain into the prepared-dataset contract; returns the manifest."""
+    _check_domain(domain)
+    out = Path(out)
+    if width < 8 or height < 8:
+        raise DataError(f"minicity: image size {width}x{height} is too small (at least 8x8)")
+    if not splits:
+        raise DataError("minicity: no splits requested (give name=count pairs, e.g. train=800,val=200)")
+    for split, count in splits.items():
+        if not re.fullmatch(r"[A-Za-z0-9_\-]+", split):
+            raise DataError(f"minicity: invalid split name {split!r} (letters, digits, '_' and '-' only)")
+        if int(count) < 0:
+            raise DataError(f"minicity: split {split!r} has a negative count {count}")
+    jobs = [(split, i) for split, count in splits.items() for i in range(int(count))]
+    staging = contract.start(out)
+    chunks = [(str(staging), domain, int(seed), int(width), int(height), jobs[i : i + CHUNK]) for i in range(0, len(jobs), CHUNK)]
+    records: list[contract.Record] = []
+    try:
+        for chunk_records in parallel_map(_render_chunk, chunks, max(1, int(workers))):
+            records.extend(chunk_records)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    manifest = {
+        "dataset": name or out.name,
+        "format": "minicity",
+        "domain": domain,
+        "seed": int(seed),
+        "size": {"width": int(width), "height": int(height)},
+        "source_root": None,
+        "mapping": "identity (the miniature world writes Cityscapes train IDs directly)",
+        "style": spec_for_manifest(domain),
+        "supersampling": SUPERSAMPLE,
+        "generator": "dginstyle.data.minicity",
+    }
+    return contract.finalize(staging, out, records, manifest, rcs_min_pixels)
