@@ -1,0 +1,1 @@
+"""The data generator: prior, source fine-tune, ControlNet, Style Swap, layouts, MRLF."""
