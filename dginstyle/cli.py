@@ -7,6 +7,7 @@ Handlers import their modules lazily so that `--help` answers at once. Expected 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -125,7 +126,20 @@ def _run_evaluate_predictions(args: argparse.Namespace) -> None:
     evaluate_prediction_folder(args.pred, args.dataset, args.split, args.out)
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Stages whose modules need torch/diffusers: their `add_cli(sub)` is imported only when that
+# stage is the one being run, so `prepare` works in an environment without torch (envs/data.yaml)
+# and `dginstyle --help` answers at once.
+HEAVY_STAGES = {
+    "select-layouts": ("dginstyle.diffusion.layouts", "the generation plan: RCS-chosen source crops and their prompts (JSONL)"),
+    "generate": ("dginstyle.diffusion.generate", "one shard of generated pairs (MRLF or plain) from a layout plan"),
+}
+
+
+def _requested_stage(argv: list[str]) -> str | None:
+    return next((arg for arg in argv if not arg.startswith("-")), None)
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dginstyle", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"dginstyle {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -133,11 +147,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prepare(sub)
     _add_contact_sheet(sub)
     _add_evaluate_predictions(sub)
+    requested = _requested_stage(sys.argv[1:] if argv is None else argv)
+    for name, (module, help_text) in HEAVY_STAGES.items():
+        if name == requested:
+            importlib.import_module(module).add_cli(sub)
+        else:
+            sub.add_parser(name, help=help_text)  # listed in --help; its options load when it runs
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
