@@ -14,6 +14,8 @@ report: "workflow/report/workflow.rst"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/generator.smk"
+include: "workflow/rules/generate.smk"
 
 
 rule all:
@@ -21,3 +23,4 @@ rule all:
     input:
         prepared_datasets(),
         contact_sheets(),
+        generated_shards(),

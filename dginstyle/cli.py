@@ -130,6 +130,10 @@ def _run_evaluate_predictions(args: argparse.Namespace) -> None:
 # stage is the one being run, so `prepare` works in an environment without torch (envs/data.yaml)
 # and `dginstyle --help` answers at once.
 HEAVY_STAGES = {
+    "pretrain-prior": ("dginstyle.diffusion.prior", "train the tiny prior LDM on the captioned prior corpus (miniature world)"),
+    "finetune-unet": ("dginstyle.diffusion.finetune", "U^P -> U^S: fine-tune the prior UNet on source images with the empty prompt"),
+    "train-controlnet": ("dginstyle.diffusion.controlnet", "train the layout ControlNet against the frozen source UNet U^S"),
+    "style-swap": ("dginstyle.diffusion.style_swap", "assemble a generator: ControlNet + U^P (plain, rebase) or + U^S (no_swap)"),
     "select-layouts": ("dginstyle.diffusion.layouts", "the generation plan: RCS-chosen source crops and their prompts (JSONL)"),
     "generate": ("dginstyle.diffusion.generate", "one shard of generated pairs (MRLF or plain) from a layout plan"),
 }

@@ -25,7 +25,7 @@ def load(name: str) -> dict:
 @pytest.mark.parametrize("name", ["default", "smoke"])
 def test_shipped_miniature_configs_validate_and_fill_defaults(name):
     config = validate_config(load(name))
-    assert config["style_swap"]["variant"] == "plain"
+    assert config["generated_sets"]["dginstyle"] == {"generator": "plain", "mode": "mrlf"}
     assert config["generation"]["guidance_scale"] == 7.5  # paper default filled in
     assert config["generation"]["weather_schedule"] == {"adverse": 3000, "night": 1000, "plain": 3000}
     assert config["prior"]["corpus"] in used_datasets(config)

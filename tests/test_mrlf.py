@@ -265,7 +265,7 @@ def test_bad_generator_folders(world, tmp_path):
     missing = tmp_path / "nocn"
     shutil.copytree(world["gen"], missing)
     shutil.rmtree(missing / "controlnet")
-    with pytest.raises(DataError, match=r"nocn/controlnet/config.json: missing"):
+    with pytest.raises(DataError, match=r"nocn/controlnet: ControlNet folder not found"):
         generate.generate_shard(**_shard_kwargs(world, tmp_path / "o1", generator=missing))
 
     wrong = generate.tiny_generator(tmp_path / "rgb", conditioning_channels=3)

@@ -47,6 +47,7 @@ from dginstyle import __version__
 from dginstyle.data import contract
 from dginstyle.diffusion import models
 from dginstyle.diffusion.layouts import read_plan
+from dginstyle.diffusion.style_swap import load_generator
 from dginstyle.diffusion.mrlf import FUSION_TIMESTEPS, MODES, MRLFSettings, generate_image, vae_downsample
 from dginstyle.io import DataError, atomic_write_bytes, atomic_write_json, encode_label_png, encode_rgb_png, read_label_png, replace_dir
 from dginstyle.labels import colorize
@@ -61,28 +62,6 @@ CONTACT_ROWS = 16
 
 
 # ----------------------------------------------------------------------------- generator folder
-
-
-def load_generator(folder: Path, device: torch.device, dtype: torch.dtype = torch.float32) -> dict:
-    """Pipeline components + the ControlNet of a generator folder, validated, in eval mode."""
-    from diffusers import ControlNetModel
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError(f"{folder}: generator folder not found")
-    cn_dir = folder / "controlnet"
-    if not (cn_dir / "config.json").is_file():
-        raise DataError(f"{cn_dir / 'config.json'}: missing; a generator folder needs its ControlNet in controlnet/ (made by style_swap)")
-    components = models.load_components(folder, device=device, dtype=dtype)
-    try:
-        controlnet = ControlNetModel.from_pretrained(cn_dir, torch_dtype=dtype)
-    except (OSError, ValueError, EnvironmentError) as exc:
-        raise DataError(f"{cn_dir}: cannot load the ControlNet ({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from None
-    models.check_controlnet(controlnet, cn_dir / "config.json", components["vae"])
-    components["controlnet"] = controlnet.to(device)
-    for name in ("vae", "text_encoder", "unet", "controlnet"):
-        components[name].eval().requires_grad_(False)
-    return components
 
 
 TINY_SPEC = models.TinySpec(

@@ -188,7 +188,9 @@ def noise_scheduler(kind: str = "ddpm", config: dict | None = None):
     from diffusers import DDIMScheduler, DDPMScheduler
 
     cls = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler}[kind]
-    return cls.from_config(config) if config is not None else cls(**SD_SCHEDULER)
+    # from_config keeps the keys the class knows (DDIM-only ones such as set_alpha_to_one are
+    # dropped for DDPM), so one SD schedule serves both.
+    return cls.from_config(config if config is not None else SD_SCHEDULER)
 
 
 def tiny_components(spec: TinySpec, captions: list[str], resolution: int, tokenizer_dir: Path, seed: int = 0) -> dict:

@@ -63,3 +63,62 @@ def prepare_arguments(wildcards):
         if entry.get("splits"):
             args.append(f"--splits {','.join(entry['splits'])}")
     return " ".join(args)
+
+
+# ----------------------------------------------------------------------------- generator
+
+# The prior U^P: a pretrained model (path or id, e.g. SD 1.5) or the tiny prior this workflow
+# trains on the miniature world's captioned corpus.
+PRIOR_TRAINED_HERE = config["prior"]["model"] is None
+PRIOR = "results/generator/prior" if PRIOR_TRAINED_HERE else config["prior"]["model"]
+GENERATED_SETS = list(config["generated_sets"])
+GENERATOR_VARIANTS = sorted({s["generator"] for s in config["generated_sets"].values()})
+SHARDS = list(range(config["generation"]["shards"]))
+
+
+wildcard_constraints:
+    gen="|".join(GENERATED_SETS),
+    shard=r"\d+",
+    variant="plain|rebase|no_swap",
+
+
+def prior_input(wildcards):
+    """The prior folder as a job input when the workflow makes it (nothing for a model id)."""
+    return {"prior": PRIOR} if PRIOR_TRAINED_HERE else {}
+
+
+def prior_argument(wildcards, input):
+    """--prior of a command: the input folder, or the configured model path or id."""
+    return input.prior if PRIOR_TRAINED_HERE else PRIOR
+
+
+def prior_corpus_spec():
+    """What the tiny prior is trained on, as recorded with it (a change retrains it)."""
+    corpus = config["datasets"][config["prior"]["corpus"]]
+    world = config["minicity"]
+    return {
+        "domain": corpus["domain"],
+        "splits": corpus["splits"],
+        "seed": world["seed"],
+        "size": [world["width"], world["height"]],
+    }
+
+
+def weather_schedule_argument():
+    schedule = config["generation"]["weather_schedule"]
+    return ",".join(f"{kind}={share}" for kind, share in schedule.items())
+
+
+def generated_set_mode(wildcards):
+    return config["generated_sets"][wildcards.gen]["mode"]
+
+
+def generator_of(wildcards):
+    variant = config["generated_sets"][wildcards.gen]["generator"]
+    return f"results/generator/generators/{variant}"
+
+
+def generated_shards():
+    return expand(
+        "results/generated/{gen}/shard{shard}", gen=GENERATED_SETS, shard=SHARDS
+    )

@@ -1,0 +1,188 @@
+"""The tiny LDM prior: a loadable pipeline folder, resume after interruption (incl. SIGKILL),
+determinism, checkpoint utilities, and the shipped trained prior (hashes, not-noise sample)."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from dginstyle.diffusion import models, prior, training
+from dginstyle.io import DataError
+
+TINY = models.TinySpec(
+    vae_channels=(16, 16, 16),
+    unet_channels=(16, 32, 32),
+    unet_attention_head_dim=8,
+    norm_groups=8,
+    text_hidden=32,
+    text_layers=1,
+    text_heads=2,
+    max_tokens=16,
+)
+TINY_ARGS = dict(resolution=32, batch_size=4, vae_batch_size=4, learning_rate=1e-3, seed=3, threads=1, spec=TINY, checkpoint_every=2)
+WEIGHTS = ("vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors", "unet/diffusion_pytorch_model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    from dginstyle.data.prepare import prepare
+
+    out = tmp_path_factory.mktemp("prior") / "corpus"
+    prepare(fmt="minicity", out=out, splits="train=16", domain="prior", seed=0, size="32x32", workers=1)
+    return out
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in WEIGHTS}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(corpus, tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    meta = prior.pretrain_prior(corpus, root / "out", root / "ck", vae_steps=3, unet_steps=4, samples=root / "grid.png", **TINY_ARGS)
+    return root, meta
+
+
+def test_pipeline_folder_loads_with_metadata(tiny_run):
+    root, meta = tiny_run
+    comps = models.load_components(root / "out")
+    assert set(comps) >= {"vae", "text_encoder", "tokenizer", "unet", "scheduler"}
+    saved = models.read_metadata(root / "out")
+    assert saved["kind"] == "prior" and saved["steps"] == {"vae": 3, "unet": 4}
+    assert saved["corpus"]["dataset"] == "corpus" and saved["corpus"]["seed"] == 0
+    assert saved["hyperparameters"]["unet_steps"] == 4 and saved["spec"]["unet_channels"] == [16, 32, 32]
+    assert comps["vae"].config.scaling_factor == pytest.approx(saved["scaling_factor"])
+    assert saved["scaling_factor"] > 0 and saved["final_losses"]["unet_mse"] > 0
+    assert comps["unet"].config.sample_size == 32 // 4
+    assert type(comps["scheduler"]).__name__ == "DDIMScheduler"
+    assert (root / "grid.png").stat().st_size > 0
+    images = prior.generate(comps, ["a photo of a city street, in foggy weather"], [0], steps=2, height=32, width=32)
+    assert images.shape == (1, 3, 32, 32) and torch.isfinite(images).all()
+    assert not list((root).glob(".out*")), "no staging leftovers"
+
+
+def test_resume_with_more_steps_continues(corpus, tiny_run, tmp_path):
+    root, _ = tiny_run
+    shutil.copytree(root / "ck", tmp_path / "ck")
+    meta = prior.pretrain_prior(corpus, tmp_path / "out", tmp_path / "ck", vae_steps=3, unet_steps=6, **TINY_ARGS)
+    assert meta["resumed_from"] == {"vae": 3, "unet": 4}
+    assert meta["steps"] == {"vae": 3, "unet": 6}
+    assert training.checkpoint_steps(tmp_path / "ck" / "unet") == [4, 6]  # keep last 2
+
+
+def test_same_seed_gives_identical_weights(corpus, tiny_run, tmp_path):
+    root, _ = tiny_run
+    prior.pretrain_prior(corpus, tmp_path / "out", tmp_path / "ck", vae_steps=3, unet_steps=4, **TINY_ARGS)
+    assert _digests(tmp_path / "out") == _digests(root / "out")
+
+
+def test_sigkill_mid_training_then_rerun(corpus, tmp_path):
+    out, ck = tmp_path / "out", tmp_path / "ck"
+    argv = ["pretrain-prior", "--corpus", str(corpus), "--out", str(out), "--checkpoints", str(ck), "--resolution", "32",
+            "--vae-steps", "2", "--unet-steps", "400", "--batch-size", "2", "--vae-batch-size", "2", "--checkpoint-every", "2"]
+    code = f"import sys; from dginstyle.diffusion import prior, models; prior.PRIOR_SPEC.update({TINY.__dict__!r}); sys.exit(prior.main({argv!r}))"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 40
+        while time.time() < deadline and proc.poll() is None and len(training.checkpoint_steps(ck / "unet")) < 1:
+            time.sleep(0.05)
+        assert proc.poll() is None, "training ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not out.exists()
+    killed_at = training.checkpoint_steps(ck / "unet")[-1]
+    assert 0 < killed_at < 400
+    # rerun (in-process, same settings and spec): continues from the checkpoint, short remainder
+    spec = models.TinySpec(**TINY.__dict__)
+    meta = prior.pretrain_prior(corpus, out, ck, resolution=32, vae_steps=2, unet_steps=killed_at + 4, batch_size=2, vae_batch_size=2,
+                                checkpoint_every=2, threads=1, spec=spec)
+    assert meta["resumed_from"]["vae"] == 2
+    assert meta["steps"] == {"vae": 2, "unet": killed_at + 4}
+    assert models.read_metadata(out)["steps"]["unet"] == killed_at + 4
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".partial")]
+
+
+def test_cli_parser_registers_subcommand(tmp_path):
+    parser = argparse.ArgumentParser()
+    prior.add_cli(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["pretrain-prior", "--corpus", "c", "--out", "o", "--checkpoints", "k", "--unet-steps", "7", "--samples", "s.png"])
+    assert args.unet_steps == 7 and args.samples == Path("s.png") and args.device == "auto" and callable(args.handler)
+
+
+def test_checkpoint_roundtrip_and_partial_ignored(tmp_path):
+    module = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(module.parameters())
+    module(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    gen = torch.Generator().manual_seed(5)
+    for step in (1, 2, 3):
+        training.save_checkpoint(tmp_path, step, {"m": module}, {"o": opt}, training.capture_rng_state({"g": gen}), {"x": step})
+    (tmp_path / ".step_00000009.partial").mkdir()  # a killed save
+    assert training.checkpoint_steps(tmp_path) == [2, 3]
+    ckpt = training.load_latest_checkpoint(tmp_path)
+    assert ckpt["step"] == 3 and ckpt["extra"] == {"x": 3}
+    assert torch.equal(ckpt["modules"]["m"]["weight"], module.weight)
+    expected = torch.rand(2, generator=gen)
+    gen2 = torch.Generator()
+    training.restore_rng_state(ckpt["rng_state"], {"g": gen2})
+    assert torch.equal(torch.rand(2, generator=gen2), expected)
+    opt2 = torch.optim.AdamW(module.parameters())
+    opt2.load_state_dict(ckpt["optimizers"]["o"])
+    assert training.load_latest_checkpoint(tmp_path / "none") is None
+
+
+def test_missing_corpus_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="captions.jsonl"):
+        prior.pretrain_prior(tmp_path, tmp_path / "out", tmp_path / "ck", spec=TINY, vae_steps=1, unet_steps=1)
+
+
+# ----------------------------------------------------------------------------- the shipped prior
+
+shipped = pytest.mark.skipif(not (prior.shipped_prior_path() / "SHA256SUMS").is_file(), reason="no shipped prior in this checkout")
+
+
+@shipped
+def test_shipped_prior_matches_hashes_and_tamper_is_named(tmp_path):
+    prior.verify_shipped_prior()
+    copy = tmp_path / "prior"
+    shutil.copytree(prior.shipped_prior_path(), copy)
+    target = copy / "unet" / "diffusion_pytorch_model.safetensors"
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 1
+    target.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="unet/diffusion_pytorch_model.safetensors"):
+        prior.verify_shipped_prior(copy)
+
+
+@shipped
+def test_shipped_prior_sample_is_not_noise():
+    torch.set_num_threads(1)
+    comps = models.load_components(prior.shipped_prior_path())
+    assert comps["unet"].dtype == torch.float32
+    assert models.read_metadata(prior.shipped_prior_path())["kind"] == "prior"
+    image = prior.generate(comps, ["a photo of a city street with car, in sunny weather"], [0], steps=10, height=64, width=64)[0]
+    with torch.no_grad():
+        noise = torch.randn((1, 4, 16, 16), generator=torch.Generator().manual_seed(0))
+        random = comps["vae"].decode(noise / comps["vae"].config.scaling_factor).sample[0].add(1).div(2).clamp(0, 1)
+
+    def high_freq(img):
+        grey = img.mean(0)
+        return float((grey[:, 1:] - grey[:, :-1]).abs().mean() + (grey[1:] - grey[:-1]).abs().mean())
+
+    assert high_freq(image) < 0.7 * high_freq(random)
+    rows = image.mean(dim=(0, 2))
+    assert rows.std() > 0.02  # vertical structure: the scene is not a flat colour

@@ -1,0 +1,59 @@
+# Generated data: a layout plan per generated set, then MRLF generation in shards that run in
+# parallel (one job per shard: one GPU or node each on a cluster).
+
+
+rule select_layouts:
+    input:
+        source=f"results/datasets/{config['source']}",
+    output:
+        "results/generated/{gen}/plan.jsonl",
+    log:
+        "results/logs/select_layouts/{gen}.log",
+    conda:
+        "../../envs/generation.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        hp=config["generation"],
+        rcs_temperature=config["controlnet"]["rcs_temperature"],
+        rcs_min_pixels=config["controlnet"]["rcs_min_pixels"],
+        weather=weather_schedule_argument(),
+    shell:
+        "python -m dginstyle select-layouts --source {input.source} --out {output}"
+        " --num-pairs {params.hp[num_pairs]} --crop-size {params.hp[crop_size]}"
+        " --crop-tries {params.hp[crop_tries]} --crop-min-share {params.hp[crop_min_share]}"
+        " --rcs-temperature {params.rcs_temperature} --rcs-min-pixels {params.rcs_min_pixels}"
+        " --weather {params.weather} --seed {params.hp[seed]} > {log} 2>&1"
+
+
+rule generate:
+    input:
+        generator=generator_of,
+        plan="results/generated/{gen}/plan.jsonl",
+        source=f"results/datasets/{config['source']}",
+    output:
+        directory("results/generated/{gen}/shard{shard}"),
+    log:
+        "results/logs/generate/{gen}/shard{shard}.log",
+    benchmark:
+        "results/benchmarks/rules/generate/{gen}/shard{shard}.tsv"
+    conda:
+        "../../envs/generation.yaml"
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=1440,
+        gpu=1,
+    params:
+        hp=config["generation"],
+        mode=generated_set_mode,
+    shell:
+        "python -m dginstyle generate --generator {input.generator} --plan {input.plan}"
+        " --source {input.source} --shard {wildcards.shard} --num-shards {params.hp[shards]}"
+        " --out {output} --mode {params.mode} --scale {params.hp[scale]} --steps {params.hp[steps]}"
+        " --guidance-scale {params.hp[guidance_scale]} --controlnet-scale {params.hp[controlnet_scale]}"
+        " --window {params.hp[window]} --stride {params.hp[stride]}"
+        " --area-threshold {params.hp[area_threshold]} --fusion-timestep {params.hp[fusion_timestep]}"
+        " --max-batch {params.hp[max_batch]} > {log} 2>&1"
