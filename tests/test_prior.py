@@ -186,3 +186,30 @@ def test_shipped_prior_sample_is_not_noise():
     assert high_freq(image) < 0.7 * high_freq(random)
     rows = image.mean(dim=(0, 2))
     assert rows.std() > 0.02  # vertical structure: the scene is not a flat colour
+
+
+def test_sync_shipped_prior_installs_only_on_an_exact_match(tiny_run, tmp_path, monkeypatch):
+    """The workflow installs the shipped prior only for the corpus and settings it was trained
+    on, and removes an installed copy again when the request changes (so the rule retrains)."""
+    root, meta = tiny_run
+    shipped = tmp_path / "assets" / "prior"
+    prior.export_shipped(root / "out", shipped)
+    monkeypatch.setattr(prior, "shipped_prior_path", lambda: shipped)
+    corpus = {"domain": "prior", "splits": {"train": 16}, "seed": 0, "size": [32, 32]}
+    training = {"vae_steps": 3, "unet_steps": 4, "batch_size": 4, "vae_batch_size": 4, "learning_rate": 1e-3, "seed": 3, "checkpoint_every": 99}
+    request = prior.training_request(corpus, 32, training)
+
+    other = prior.training_request(corpus, 32, {**training, "unet_steps": 5})
+    assert prior.sync_shipped_prior(tmp_path / "a", other) == "absent"
+    assert not (tmp_path / "a").exists()
+
+    dest = tmp_path / "results" / "prior"
+    assert prior.sync_shipped_prior(dest, request) == "installed"
+    assert _digests(dest) == _digests(shipped)
+    assert models.read_metadata(dest)["installed_from_shipped"] is True
+    assert prior.sync_shipped_prior(dest, request) == "kept"
+    assert prior.sync_shipped_prior(dest, other) == "removed" and not dest.exists()
+
+    trained_here = tmp_path / "trained"
+    shutil.copytree(root / "out", trained_here)
+    assert prior.sync_shipped_prior(trained_here, other) == "kept"  # never touches a prior the rule trained

@@ -60,6 +60,7 @@ def test_dry_run_of_default_config_plans_every_dataset(tmp_path):
     jobs = planned_jobs(result)
     assert jobs["prepare_dataset"] == 7  # source, five targets, prior corpus
     assert jobs["contact_sheet"] == 7
+    assert jobs["generate"] == 2 and jobs["style_swap"] == 1
 
 
 def write_config(path: Path, config: dict) -> Path:
@@ -100,11 +101,16 @@ def test_paper_dry_run_against_fake_dataset_trees(tmp_path):
     jobs = planned_jobs(result)
     assert jobs["prepare_dataset"] == 6
     assert jobs["contact_sheet"] == 6
+    # SD 1.5 is the prior: nothing trains one; the plan is generated in 28 parallel shards.
+    assert "pretrain_prior" not in jobs
+    assert jobs["finetune_unet"] == 1 and jobs["train_controlnet"] == 1 and jobs["style_swap"] == 1
+    assert jobs["generate"] == config["generation"]["shards"] == 28
+    assert "--prior runwayml/stable-diffusion-v1-5" in result.stdout
     assert "--root" in result.stdout and str(tmp_path / "data" / "gta5") in result.stdout
 
 
 @pytest.mark.slow
-def test_smoke_run_prepares_every_dataset_and_contact_sheet(tmp_path):
+def test_smoke_run_executes_every_stage(tmp_path):
     result = snakemake("--cores", "2", "--configfile", str(SMOKE), cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     config = yaml.safe_load(SMOKE.read_text())
@@ -117,6 +123,23 @@ def test_smoke_run_prepares_every_dataset_and_contact_sheet(tmp_path):
         assert (tmp_path / "results" / "figures" / "contact_sheets" / f"{name}.png").stat().st_size > 0
         assert (tmp_path / "results" / "logs" / "prepare" / f"{name}.log").exists()
         assert (tmp_path / "results" / "benchmarks" / "rules" / "prepare" / f"{name}.tsv").exists()
+    # The generator chain: prior -> U^S -> ControlNet -> swapped generator -> generated shards.
+    results = tmp_path / "results"
+    generator = json.loads((results / "generator" / "generators" / "plain" / "dginstyle.json").read_text())
+    assert generator["kind"] == "generator" and generator["variant"] == "plain"
+    controlnet = json.loads((results / "generator" / "controlnet" / "config.json").read_text())
+    assert controlnet["conditioning_channels"] == 20
+    plan = (results / "generated" / "dginstyle" / "plan.jsonl").read_text().splitlines()
+    assert len(plan) == config["generation"]["num_pairs"]
+    ids = []
+    for shard in range(config["generation"]["shards"]):
+        folder = results / "generated" / "dginstyle" / f"shard{shard}"
+        rows = [json.loads(line) for line in (folder / "pairs.jsonl").read_text().splitlines()]
+        ids += [row["id"] for row in rows]
+        for row in rows:
+            assert (folder / "images" / f"{row['id']}.png").is_file() and (folder / "labels" / f"{row['id']}.png").is_file()
+        assert (folder / "contact_sheet.png").is_file() and (folder / "manifest.json").is_file()
+    assert sorted(ids) == list(range(config["generation"]["num_pairs"]))
     # Nothing left to do on a rerun: the outputs are complete and cached.
     rerun = snakemake("-n", "--cores", "2", "--configfile", str(SMOKE), cwd=tmp_path)
     assert rerun.returncode == 0

@@ -30,7 +30,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from dginstyle.io import DataError, atomic_write_bytes, fresh_staging_dir, replace_dir
+from dginstyle.io import DataError, atomic_write_bytes, atomic_write_json, fresh_staging_dir, replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -549,6 +549,69 @@ def verify_shipped_prior(folder: Path | None = None) -> None:
         actual = _sha256_file(path)
         if actual != digest:
             raise DataError(f"{path}: sha256 {actual} does not match the recorded {digest} (corrupt or modified weights)")
+
+
+def training_request(corpus: dict, resolution: int, training: dict) -> dict:
+    """What a prior is trained from, in the terms of the workflow config (for comparisons).
+
+    `corpus` = {domain, splits, seed, size: [w, h]} of the minicity corpus; `training` = the
+    config's prior.training (checkpoint_every left out: it does not change the result).
+    """
+    hyper = {k: v for k, v in training.items() if k != "checkpoint_every"}
+    return {
+        "corpus": {"seed": corpus["seed"], "size": list(corpus["size"]), "images": sum(corpus["splits"].values())},
+        "resolution": resolution,
+        "training": hyper,
+    }
+
+
+def recorded_request(metadata: dict) -> dict:
+    """The training request a prior's dginstyle.json records (see `training_request`)."""
+    corpus, hyper = metadata.get("corpus", {}), metadata.get("hyperparameters", {})
+    size = corpus.get("size") or {}
+    keys = ("vae_steps", "unet_steps", "batch_size", "vae_batch_size", "learning_rate", "seed")
+    return {
+        "corpus": {"seed": corpus.get("seed"), "size": [size.get("width"), size.get("height")], "images": corpus.get("images")},
+        "resolution": hyper.get("resolution"),
+        "training": {k: hyper.get(k) for k in keys},
+    }
+
+
+def sync_shipped_prior(dest: Path, request: dict) -> str:
+    """Put the shipped prior at `dest` when it was trained on exactly `request`; say what happened.
+
+    Called while the DAG is built: the shipped prior plays the part SD 1.5 plays at paper scale,
+    so the default run starts from a pretrained prior. A copy installed earlier is removed again
+    when the request has changed, so that the pretrain_prior rule trains a new one; a prior the
+    rule trained itself is never touched. Returns "installed", "kept", "removed" or "absent".
+    """
+    # No torch here: this runs in the Snakemake process while the DAG is built.
+    def read_metadata(folder: Path) -> dict:
+        path = folder / "dginstyle.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    dest = Path(dest)
+    if dest.exists():
+        metadata = read_metadata(dest)
+        if metadata.get("installed_from_shipped") and metadata.get("request") != request:
+            shutil.rmtree(dest)
+            return "removed"
+        if dest.exists():
+            return "kept"
+    source = shipped_prior_path()
+    if not (source / "dginstyle.json").is_file():
+        return "absent"
+    metadata = read_metadata(source)
+    trained_on = recorded_request(metadata)
+    wanted = {**request, "training": {k: request["training"].get(k) for k in trained_on["training"]}}
+    if trained_on != wanted:
+        return "absent"
+    verify_shipped_prior(source)
+    staging = fresh_staging_dir(dest)
+    shutil.copytree(source, staging, dirs_exist_ok=True)
+    atomic_write_json(staging / "dginstyle.json", {**metadata, "installed_from_shipped": True, "request": request})
+    replace_dir(staging, dest)
+    return "installed"
 
 
 def export_shipped(pipeline: Path, dest: Path, half: bool = True) -> dict[str, str]:

@@ -82,6 +82,21 @@ wildcard_constraints:
     variant="plain|rebase|no_swap",
 
 
+def install_shipped_prior():
+    """Miniature world: start from the prior shipped in the package when it was trained on this
+    very corpus and settings, as the paper starts from SD 1.5 (`--forcerun pretrain_prior`
+    retrains it; a changed corpus or setting removes the installed copy so the rule trains).
+    """
+    from dginstyle.diffusion.prior import sync_shipped_prior, training_request
+
+    request = training_request(
+        prior_corpus_spec(), config["prior"]["resolution"], config["prior"]["training"]
+    )
+    outcome = sync_shipped_prior(PRIOR, request)
+    if outcome in ("installed", "removed"):
+        print(f"shipped prior: {outcome} ({PRIOR})", file=sys.stderr)
+
+
 def prior_input(wildcards):
     """The prior folder as a job input when the workflow makes it (nothing for a model id)."""
     return {"prior": PRIOR} if PRIOR_TRAINED_HERE else {}
@@ -122,3 +137,7 @@ def generated_shards():
     return expand(
         "results/generated/{gen}/shard{shard}", gen=GENERATED_SETS, shard=SHARDS
     )
+
+
+if PRIOR_TRAINED_HERE and config["prior"]["use_shipped"]:
+    install_shipped_prior()
