@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from dginstyle.data import contract
+from dginstyle.diffusion.crops import rcs_probabilities  # the one RCS formula, shared with ControlNet training
 from dginstyle.io import DataError, atomic_write_text, read_label_png
 from dginstyle.labels import CLASSES, NUM_CLASSES
 
@@ -52,27 +53,6 @@ WEATHER_TEMPLATE = "A city street scene with {classes}, in {weather} weather."
 
 
 # ----------------------------------------------------------------------------- RCS
-
-
-def rcs_probabilities(class_pixels: list[int] | np.ndarray, temperature: float, eligible: np.ndarray | None = None) -> np.ndarray:
-    """p(c) = softmax((1 - f_c) / T) over the classes with pixels (and, if given, eligible ones).
-
-    f_c = N_c / sum N. Classes with no pixels in the source (or not `eligible`: no image holds
-    enough of them) get p = 0; the softmax runs over the others.
-    """
-    counts = np.asarray(class_pixels, dtype=np.float64)[:NUM_CLASSES]
-    if temperature <= 0:
-        raise ValueError(f"rcs temperature must be > 0, got {temperature}")
-    present = counts > 0
-    if eligible is not None:
-        present &= np.asarray(eligible, dtype=bool)
-    if not present.any():
-        raise DataError("no class has pixels (above the RCS minimum) in the source: nothing to sample")
-    freq = counts / counts.sum()
-    logits = np.where(present, (1.0 - freq) / temperature, -np.inf)
-    logits -= logits[present].max()
-    weights = np.where(present, np.exp(logits), 0.0)
-    return weights / weights.sum()
 
 
 def eligible_images(stats: dict, min_pixels: int) -> dict[int, list[str]]:
