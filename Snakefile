@@ -24,3 +24,4 @@ rule all:
         prepared_datasets(),
         contact_sheets(),
         generated_shards(),
+        "results/figures/style_swap.png",

@@ -136,6 +136,7 @@ HEAVY_STAGES = {
     "style-swap": ("dginstyle.diffusion.style_swap", "assemble a generator: ControlNet + U^P (plain, rebase) or + U^S (no_swap)"),
     "select-layouts": ("dginstyle.diffusion.layouts", "the generation plan: RCS-chosen source crops and their prompts (JSONL)"),
     "generate": ("dginstyle.diffusion.generate", "one shard of generated pairs (MRLF or plain) from a layout plan"),
+    "style-swap-figure": ("dginstyle.diffusion.figures", "the same layouts generated with U^S and with U^P under weather prompts"),
 }
 
 

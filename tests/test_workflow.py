@@ -60,7 +60,7 @@ def test_dry_run_of_default_config_plans_every_dataset(tmp_path):
     jobs = planned_jobs(result)
     assert jobs["prepare_dataset"] == 7  # source, five targets, prior corpus
     assert jobs["contact_sheet"] == 7
-    assert jobs["generate"] == 2 and jobs["style_swap"] == 1
+    assert jobs["generate"] == 2 and jobs["style_swap"] == 2  # plain, and no_swap for the figure
 
 
 def write_config(path: Path, config: dict) -> Path:
@@ -103,7 +103,7 @@ def test_paper_dry_run_against_fake_dataset_trees(tmp_path):
     assert jobs["contact_sheet"] == 6
     # SD 1.5 is the prior: nothing trains one; the plan is generated in 28 parallel shards.
     assert "pretrain_prior" not in jobs
-    assert jobs["finetune_unet"] == 1 and jobs["train_controlnet"] == 1 and jobs["style_swap"] == 1
+    assert jobs["finetune_unet"] == 1 and jobs["train_controlnet"] == 1 and jobs["style_swap"] == 2
     assert jobs["generate"] == config["generation"]["shards"] == 28
     assert "--prior runwayml/stable-diffusion-v1-5" in result.stdout
     assert "--root" in result.stdout and str(tmp_path / "data" / "gta5") in result.stdout
@@ -140,6 +140,11 @@ def test_smoke_run_executes_every_stage(tmp_path):
             assert (folder / "images" / f"{row['id']}.png").is_file() and (folder / "labels" / f"{row['id']}.png").is_file()
         assert (folder / "contact_sheet.png").is_file() and (folder / "manifest.json").is_file()
     assert sorted(ids) == list(range(config["generation"]["num_pairs"]))
+    figure = results / "figures" / "style_swap.png"
+    from PIL import Image
+
+    with Image.open(figure) as image:  # header + 4 layout rows; condition, U^S, U^P, five weathers
+        assert image.size == (8 * 96, 18 + 4 * 96)
     # Nothing left to do on a rerun: the outputs are complete and cached.
     rerun = snakemake("-n", "--cores", "2", "--configfile", str(SMOKE), cwd=tmp_path)
     assert rerun.returncode == 0

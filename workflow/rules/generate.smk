@@ -57,3 +57,33 @@ rule generate:
         " --window {params.hp[window]} --stride {params.hp[stride]}"
         " --area-threshold {params.hp[area_threshold]} --fusion-timestep {params.hp[fusion_timestep]}"
         " --max-batch {params.hp[max_batch]} > {log} 2>&1"
+
+
+rule style_swap_figure:
+    input:
+        swapped="results/generator/generators/plain",
+        unswapped="results/generator/generators/no_swap",
+        plan=f"results/generated/{GENERATED_SETS[0]}/plan.jsonl",
+        source=f"results/datasets/{config['source']}",
+    output:
+        report(
+            "results/figures/style_swap.png",
+            caption="../report/style_swap.rst",
+            category="Generator",
+        ),
+    log:
+        "results/logs/style_swap_figure.log",
+    conda:
+        "../../envs/generation.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=60,
+        gpu=1,
+    params:
+        steps=config["generation"]["steps"],
+        guidance=config["generation"]["guidance_scale"],
+    shell:
+        "python -m dginstyle style-swap-figure --swapped {input.swapped} --unswapped {input.unswapped}"
+        " --plan {input.plan} --source {input.source} --out {output} --count 4"
+        " --steps {params.steps} --guidance-scale {params.guidance} > {log} 2>&1"
