@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dginstyle.data import minicity
 from dginstyle.diffusion import models, prior, training
 from dginstyle.io import DataError
 
@@ -195,7 +196,7 @@ def test_sync_shipped_prior_installs_only_on_an_exact_match(tiny_run, tmp_path, 
     shipped = tmp_path / "assets" / "prior"
     prior.export_shipped(root / "out", shipped)
     monkeypatch.setattr(prior, "shipped_prior_path", lambda: shipped)
-    corpus = {"domain": "prior", "splits": {"train": 16}, "seed": 0, "size": [32, 32]}
+    corpus = {"domain": "prior", "splits": {"train": 16}, "seed": 0, "size": [32, 32], "world_version": minicity.WORLD_VERSION}
     training = {"vae_steps": 3, "unet_steps": 4, "batch_size": 4, "vae_batch_size": 4, "learning_rate": 1e-3, "seed": 3, "checkpoint_every": 99}
     request = prior.training_request(corpus, 32, training)
 

@@ -460,7 +460,8 @@ def pretrain_prior(
                  learning_rate=learning_rate, seed=seed, kl_weight=KL_WEIGHT, caption_dropout=CAPTION_DROPOUT, ema_decay=EMA_DECAY,
                  warmup_steps=WARMUP_STEPS, lr_schedule="linear warm-up then cosine to 10%", optimizer="AdamW",
                  checkpoint_every=checkpoint_every, prediction_type="epsilon", noise_schedule="SD 1.5 scaled_linear DDPM")
-    corpus_id = {"path": str(corpus.resolve()), "dataset": manifest.get("dataset"), "seed": manifest.get("seed"), "size": manifest.get("size"), "images": len(images)}
+    corpus_id = {"path": str(corpus.resolve()), "dataset": manifest.get("dataset"), "seed": manifest.get("seed"), "size": manifest.get("size"),
+                 "images": len(images), "world_version": manifest.get("world_version")}
     vae_fp = _fingerprint({"corpus": corpus_id, "spec": asdict(spec), "resolution": resolution, "batch": vae_batch_size, "lr": learning_rate, "seed": seed, "stage": "vae"})
     vae_info = _train_vae(components["vae"], images, steps=vae_steps, batch_size=vae_batch_size, resolution=resolution, lr=learning_rate,
                           seed=seed, directory=checkpoints / "vae", fingerprint=vae_fp, checkpoint_every=checkpoint_every, device=dev)
@@ -554,12 +555,13 @@ def verify_shipped_prior(folder: Path | None = None) -> None:
 def training_request(corpus: dict, resolution: int, training: dict) -> dict:
     """What a prior is trained from, in the terms of the workflow config (for comparisons).
 
-    `corpus` = {domain, splits, seed, size: [w, h]} of the minicity corpus; `training` = the
-    config's prior.training (checkpoint_every left out: it does not change the result).
+    `corpus` = {domain, splits, seed, size: [w, h], world_version} of the minicity corpus;
+    `training` = the config's prior.training (checkpoint_every left out: it does not change
+    the result).
     """
     hyper = {k: v for k, v in training.items() if k != "checkpoint_every"}
     return {
-        "corpus": {"seed": corpus["seed"], "size": list(corpus["size"]), "images": sum(corpus["splits"].values())},
+        "corpus": {"seed": corpus["seed"], "size": list(corpus["size"]), "images": sum(corpus["splits"].values()), "world_version": corpus["world_version"]},
         "resolution": resolution,
         "training": hyper,
     }
@@ -571,7 +573,7 @@ def recorded_request(metadata: dict) -> dict:
     size = corpus.get("size") or {}
     keys = ("vae_steps", "unet_steps", "batch_size", "vae_batch_size", "learning_rate", "seed")
     return {
-        "corpus": {"seed": corpus.get("seed"), "size": [size.get("width"), size.get("height")], "images": corpus.get("images")},
+        "corpus": {"seed": corpus.get("seed"), "size": [size.get("width"), size.get("height")], "images": corpus.get("images"), "world_version": corpus.get("world_version")},
         "resolution": hyper.get("resolution"),
         "training": {k: hyper.get(k) for k in keys},
     }

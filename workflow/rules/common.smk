@@ -111,11 +111,14 @@ def prior_corpus_spec():
     """What the tiny prior is trained on, as recorded with it (a change retrains it)."""
     corpus = config["datasets"][config["prior"]["corpus"]]
     world = config["minicity"]
+    from dginstyle.data.minicity import WORLD_VERSION
+
     return {
         "domain": corpus["domain"],
         "splits": corpus["splits"],
         "seed": world["seed"],
         "size": [world["width"], world["height"]],
+        "world_version": WORLD_VERSION,
     }
 
 

@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 LABELLED_DOMAINS = ("game", "cityscapes", "bdd100k", "mapillary", "acdc", "darkzurich")
 DOMAINS = LABELLED_DOMAINS + ("prior",)
 SUPERSAMPLE = 2
+# Bump whenever the rendering changes: a prior trained on the corpus records the version it saw,
+# and the shipped prior is only reused for a corpus of the same version.
+WORLD_VERSION = 1
 CHUNK = 48
 
 __all__ = ["DOMAINS", "LABELLED_DOMAINS", "image_rng", "render_sample", "prepare_minicity"]
@@ -148,5 +151,6 @@ def prepare_minicity(
         "style": spec_for_manifest(domain),
         "supersampling": SUPERSAMPLE,
         "generator": "dginstyle.data.minicity",
+        "world_version": WORLD_VERSION,
     }
     return contract.finalize(staging, out, records, manifest, rcs_min_pixels)
