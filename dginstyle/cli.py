@@ -137,6 +137,8 @@ HEAVY_STAGES = {
     "select-layouts": ("dginstyle.diffusion.layouts", "the generation plan: RCS-chosen source crops and their prompts (JSONL)"),
     "generate": ("dginstyle.diffusion.generate", "one shard of generated pairs (MRLF or plain) from a layout plan"),
     "style-swap-figure": ("dginstyle.diffusion.figures", "the same layouts generated with U^S and with U^P under weather prompts"),
+    "train-segmentation": ("dginstyle.segmentation.train", "train a DAFormer segmenter (MiT + DAFormer head) on source + generated data"),
+    "evaluate": ("dginstyle.segmentation.evaluate", "mIoU of a trained segmentation run on a prepared dataset split (sliding window)"),
 }
 
 

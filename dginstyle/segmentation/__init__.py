@@ -1,0 +1,19 @@
+"""Segmentation stages (mmsegmentation 1.x): DAFormer head, our dataset classes, training, evaluation.
+
+Importing this package is light. `register_modules()` imports the modules that register
+classes in mmseg's registries (the DAFormer head and the dataset classes); the configs we
+write list the same modules under `custom_imports`, so `mmseg.apis.init_model(config.py)`
+finds them too.
+"""
+
+from __future__ import annotations
+
+REGISTERED_MODULES = ("dginstyle.segmentation.daformer_head", "dginstyle.segmentation.datasets")
+
+
+def register_modules() -> None:
+    """Import mmseg (with the mmcv-lite stand-in) and register our head and dataset classes."""
+    import importlib
+
+    for name in REGISTERED_MODULES:
+        importlib.import_module(name)

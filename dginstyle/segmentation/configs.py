@@ -1,0 +1,217 @@
+"""mmseg 1.x config dicts for our segmentation runs (plain dicts: no mmseg import needed).
+
+`model_config(name)` gives the EncoderDecoder (MiT backbone + DAFormer head); the pipelines
+follow method.md section 3; `training_config(...)` assembles the whole Runner config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dginstyle.io import DataError
+from dginstyle.labels import IGNORE, NUM_CLASSES
+
+IMAGENET_MEAN = [123.675, 116.28, 103.53]
+IMAGENET_STD = [58.395, 57.12, 57.375]
+
+# MiT variants. mit_b5 as in the paper; mit_tiny for the miniature world and tests.
+BACKBONES = {
+    "mit_b5": dict(embed_dims=64, num_layers=[3, 6, 40, 3], num_heads=[1, 2, 5, 8]),
+    "mit_tiny": dict(embed_dims=16, num_layers=[1, 1, 1, 1], num_heads=[1, 2, 5, 8]),
+}
+# model name -> (backbone, DAFormer embed_dims / channels)
+MODELS_ = {
+    "daformer_mitb5": ("mit_b5", 256),
+    "daformer_tiny": ("mit_tiny", 32),
+}
+MODEL_NAMES = tuple(MODELS_)
+
+
+def _stage_channels(embed_dims: int, num_heads: list[int]) -> list[int]:
+    return [embed_dims * h for h in num_heads]
+
+
+def model_config(name: str, crop_size: tuple[int, int], *, window=None, stride=None, drop_path_rate: float = 0.1) -> dict:
+    """EncoderDecoder config. `crop_size`, `window`, `stride` are (h, w); window defaults to
+    the crop, stride to half the window (method.md section 4)."""
+    if name not in MODELS_:
+        raise DataError(f"unknown segmentation model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    backbone_name, head_dims = MODELS_[name]
+    b = BACKBONES[backbone_name]
+    window = tuple(window or crop_size)
+    stride = tuple(stride or (max(1, window[0] // 2), max(1, window[1] // 2)))
+    norm_cfg = dict(type="BN", requires_grad=True)  # SyncBN needs distributed CUDA
+    return dict(
+        type="EncoderDecoder",
+        data_preprocessor=dict(
+            type="SegDataPreProcessor",
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            bgr_to_rgb=True,
+            pad_val=0,
+            seg_pad_val=IGNORE,
+            size=tuple(crop_size),
+        ),
+        pretrained=None,
+        backbone=dict(
+            type="MixVisionTransformer",
+            in_channels=3,
+            embed_dims=b["embed_dims"],
+            num_stages=4,
+            num_layers=list(b["num_layers"]),
+            num_heads=list(b["num_heads"]),
+            patch_sizes=[7, 3, 3, 3],
+            sr_ratios=[8, 4, 2, 1],
+            out_indices=(0, 1, 2, 3),
+            mlp_ratio=4,
+            qkv_bias=True,
+            drop_rate=0.0,
+            attn_drop_rate=0.0,
+            drop_path_rate=drop_path_rate,
+        ),
+        decode_head=dict(
+            type="DAFormerHead",
+            in_channels=_stage_channels(b["embed_dims"], b["num_heads"]),
+            in_index=[0, 1, 2, 3],
+            input_transform="multiple_select",
+            embed_dims=head_dims,
+            channels=head_dims,
+            dilations=(1, 6, 12, 18),
+            pool=False,
+            dropout_ratio=0.1,
+            num_classes=NUM_CLASSES,
+            norm_cfg=norm_cfg,
+            align_corners=False,
+            ignore_index=IGNORE,
+            loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0, avg_non_ignore=True),
+        ),
+        train_cfg=dict(),
+        test_cfg=dict(mode="slide", crop_size=window, stride=stride),
+    )
+
+
+def source_pipeline(crop_size: tuple[int, int], resize: tuple[int, int] | None) -> list[dict]:
+    """Source: resize (keep ratio, `resize` = (w, h); None = native), random crop with
+    cat_max_ratio 0.75, flip, photometric distortion. Normalisation is in the data preprocessor."""
+    steps: list[dict] = [dict(type="LoadImageFromFile"), dict(type="LoadAnnotations")]
+    if resize is not None:
+        steps.append(dict(type="Resize", scale=tuple(resize), keep_ratio=True))
+    steps += [
+        dict(type="RandomCrop", crop_size=tuple(crop_size), cat_max_ratio=0.75),
+        dict(type="RandomFlip", prob=0.5),
+        dict(type="PhotoMetricDistortion"),
+        dict(type="PackSegInputs"),
+    ]
+    return steps
+
+
+def generated_pipeline(crop_size: tuple[int, int], resize: tuple[int, int] | None = None) -> list[dict]:
+    """Generated pairs used as they are (optionally resized, the 1024 setting), flip, photometric
+    distortion. The RandomCrop is a no-op when the generated image has the crop size (the
+    paper's setting) and only keeps batches collatable when it is larger."""
+    steps: list[dict] = [dict(type="LoadImageFromFile"), dict(type="LoadAnnotations")]
+    if resize is not None:
+        steps.append(dict(type="Resize", scale=tuple(resize), keep_ratio=False))
+    steps += [
+        dict(type="RandomCrop", crop_size=tuple(crop_size)),
+        dict(type="RandomFlip", prob=0.5),
+        dict(type="PhotoMetricDistortion"),
+        dict(type="PackSegInputs"),
+    ]
+    return steps
+
+
+def prepared_dataset_config(dataset: Path, split: str, pipeline: list[dict], test_mode: bool = False) -> dict:
+    return dict(type="PreparedSegDataset", dataset_dir=str(Path(dataset).resolve()), split=split, pipeline=pipeline, test_mode=test_mode)
+
+
+def generated_dataset_config(shards: list[Path], pipeline: list[dict]) -> dict:
+    return dict(type="GeneratedSegDataset", shards=[str(Path(s).resolve()) for s in shards], pipeline=pipeline)
+
+
+def mixed_dataset_config(
+    source: Path,
+    generated_shards: list[Path],
+    *,
+    split: str = "train",
+    crop_size: tuple[int, int] = (512, 512),
+    source_resize: tuple[int, int] | None = None,
+    generated_resize: tuple[int, int] | None = None,
+) -> dict:
+    """Source + generated data concatenated (mmengine ConcatDataset): every sample of both
+    appears once per epoch, so the mix follows their sizes (method.md section 3).
+    Without generated shards, the source dataset alone."""
+    src = prepared_dataset_config(source, split, source_pipeline(crop_size, source_resize))
+    if not generated_shards:
+        return src
+    gen = generated_dataset_config(list(generated_shards), generated_pipeline(crop_size, generated_resize))
+    return dict(type="ConcatDataset", datasets=[src, gen])
+
+
+def training_config(
+    *,
+    source: Path,
+    generated: list[Path],
+    work_dir: Path,
+    model: str,
+    iterations: int,
+    batch_size: int,
+    crop_size: tuple[int, int],
+    learning_rate: float,
+    weight_decay: float,
+    warmup_iterations: int,
+    poly_power: float,
+    seed: int,
+    source_resize: tuple[int, int] | None = None,
+    generated_resize: tuple[int, int] | None = None,
+    checkpoint_interval: int = 1000,
+    log_interval: int = 50,
+    num_workers: int = 0,
+) -> dict:
+    """The full mmengine Runner config (crop_size is (h, w); resizes are (w, h))."""
+    if iterations < 1:
+        raise DataError("iterations must be >= 1")
+    warmup = max(0, min(int(warmup_iterations), iterations))
+    schedulers = []
+    if warmup > 0:
+        schedulers.append(dict(type="LinearLR", start_factor=1e-6, by_epoch=False, begin=0, end=warmup))
+    if warmup < iterations:
+        schedulers.append(dict(type="PolyLR", eta_min=0.0, power=poly_power, by_epoch=False, begin=warmup, end=iterations))
+    dataloader = dict(
+        batch_size=batch_size,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        sampler=dict(type="InfiniteSampler", shuffle=True),
+        dataset=mixed_dataset_config(
+            source, generated, crop_size=crop_size, source_resize=source_resize, generated_resize=generated_resize
+        ),
+    )
+    return dict(
+        default_scope="mmseg",
+        custom_imports=dict(imports=["dginstyle.segmentation.daformer_head", "dginstyle.segmentation.datasets"], allow_failed_imports=False),
+        work_dir=str(work_dir),
+        model=model_config(model, crop_size),
+        train_dataloader=dataloader,
+        train_cfg=dict(type="IterBasedTrainLoop", max_iters=iterations, val_interval=iterations + 1),
+        optim_wrapper=dict(
+            type="OptimWrapper",
+            optimizer=dict(type="AdamW", lr=learning_rate, betas=(0.9, 0.999), weight_decay=weight_decay),
+            # DAFormer: head lr x10; no weight decay on norms and positional blocks.
+            paramwise_cfg=dict(custom_keys={"head": dict(lr_mult=10.0), "pos_block": dict(decay_mult=0.0), "norm": dict(decay_mult=0.0)}),
+        ),
+        param_scheduler=schedulers,
+        default_hooks=dict(
+            timer=dict(type="IterTimerHook"),
+            logger=dict(type="LoggerHook", interval=log_interval, log_metric_by_epoch=False),
+            param_scheduler=dict(type="ParamSchedulerHook"),
+            checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=checkpoint_interval, max_keep_ckpts=2, save_last=True),
+            sampler_seed=dict(type="DistSamplerSeedHook"),
+        ),
+        env_cfg=dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0), dist_cfg=dict(backend="gloo")),
+        log_processor=dict(by_epoch=False),
+        log_level="WARNING",
+        randomness=dict(seed=seed, deterministic=False),
+        launcher="none",
+        # Recorded for the run's readers; not mmengine keys.
+        dginstyle=dict(model=model, crop_size=list(crop_size), source=str(source), generated=[str(g) for g in generated]),
+    )

@@ -1,0 +1,203 @@
+"""`evaluate`: a trained segmentation run on one split of a prepared target dataset (method.md section 4).
+
+Each image is resized to the test size (keep ratio by default, as mmseg's Resize), predicted
+by sliding-window inference (window = training crop, stride = half, mmseg's slide mode), its
+logits resized back to the label's resolution (bilinear) and arg-maxed; the dataset-level
+confusion matrix (dginstyle.metrics) gives the metrics JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from dginstyle.io import DataError, atomic_write_bytes, atomic_write_json, encode_label_png, read_label_png
+
+log = logging.getLogger(__name__)
+
+
+def _threads() -> int:
+    try:
+        return max(1, int(os.environ.get("OMP_NUM_THREADS", "")))
+    except ValueError:
+        return max(1, os.cpu_count() or 1)
+
+
+def load_run(run: Path, *, window: tuple[int, int] | None = None, stride: tuple[int, int] | None = None, device: str = "cpu"):
+    """(model in eval mode, config) of a run folder: config.py + weights.safetensors.
+
+    window / stride are (h, w); defaults: the run's training crop and half of it.
+    """
+    from dginstyle.compat import import_mmseg, load_weights
+    from dginstyle.segmentation import register_modules
+    from dginstyle.segmentation.train import CONFIG, WEIGHTS
+
+    import_mmseg()
+    register_modules()
+    from mmengine.config import Config
+    from mmseg.apis import init_model
+
+    run = Path(run)
+    config_file, weights_file = run / CONFIG, run / WEIGHTS
+    if not config_file.is_file():
+        raise DataError(f"{run}: not a segmentation run (no {CONFIG})")
+    cfg = Config.fromfile(str(config_file))
+    crop = tuple(cfg.model.data_preprocessor.get("size") or cfg.model.test_cfg.crop_size)
+    window = tuple(window or crop)
+    stride = tuple(stride or (max(1, window[0] // 2), max(1, window[1] // 2)))
+    cfg.model.test_cfg = dict(mode="slide", crop_size=window, stride=stride)
+    model = init_model(cfg, None, device=device)
+    state, _ = load_weights(weights_file, device=device)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise DataError(f"{weights_file}: does not match the run's model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model.eval()
+    return model, cfg
+
+
+def _read_bgr(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            rgb = np.asarray(img.convert("RGB"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read image ({exc})") from None
+    return np.ascontiguousarray(rgb[:, :, ::-1])  # mmseg's LoadImageFromFile gives BGR
+
+
+def _resize(image: np.ndarray, test_size: tuple[int, int] | None, keep_ratio: bool) -> np.ndarray:
+    import mmcv
+
+    if test_size is None:
+        return image
+    if keep_ratio:
+        return mmcv.imrescale(image, tuple(test_size), interpolation="bilinear")
+    return mmcv.imresize(image, tuple(test_size), interpolation="bilinear")
+
+
+def predict(model, cfg, image_bgr: np.ndarray, out_hw: tuple[int, int], test_size=None, keep_ratio: bool = True) -> np.ndarray:
+    """(H, W) uint8 train-ID prediction of one BGR image, at `out_hw`."""
+    import torch
+    import torch.nn.functional as F
+
+    pre = cfg.model.data_preprocessor
+    resized = _resize(image_bgr, test_size, keep_ratio)
+    x = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1).float()
+    if pre.get("bgr_to_rgb", False):
+        x = x[[2, 1, 0]]
+    mean = torch.tensor(pre.mean, dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(pre.std, dtype=torch.float32).view(3, 1, 1)
+    x = ((x - mean) / std).unsqueeze(0)
+    h, w = x.shape[2:]
+    meta = dict(ori_shape=(h, w), img_shape=(h, w), pad_shape=(h, w), padding_size=[0, 0, 0, 0])
+    with torch.no_grad():
+        logits = model.inference(x, [meta])
+        if tuple(logits.shape[2:]) != tuple(out_hw):
+            logits = F.interpolate(logits, size=tuple(out_hw), mode="bilinear", align_corners=False)
+    return logits.argmax(dim=1)[0].to(torch.uint8).numpy()
+
+
+def evaluate_segmentation(
+    run: Path,
+    dataset: Path,
+    split: str,
+    out_json: Path,
+    *,
+    test_size: tuple[int, int] | None = None,
+    keep_ratio: bool = True,
+    window: tuple[int, int] | None = None,
+    stride: tuple[int, int] | None = None,
+    save_predictions: Path | None = None,
+) -> dict:
+    """Predict every image of `split` and write the metrics JSON; returns it.
+
+    test_size is (w, h) (None: native size); window / stride are (h, w) (default: the
+    training crop and half of it). `save_predictions`: a folder for <stem>.png predictions.
+    """
+    import torch
+
+    from dginstyle.data.contract import read_manifest
+    from dginstyle.labels import NUM_CLASSES
+    from dginstyle.metrics import confusion_matrix, metrics_from_confusion
+    from dginstyle.segmentation.datasets import prepared_samples
+
+    torch.set_num_threads(_threads())
+    run, dataset = Path(run), Path(dataset)
+    manifest = read_manifest(dataset)
+    samples = prepared_samples(dataset, split)
+    if not samples:
+        raise DataError(f"{dataset}: split {split!r} is empty")
+    model, cfg = load_run(run, window=window, stride=stride)
+    test_cfg = dict(cfg.model.test_cfg)
+    conf = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
+    if save_predictions is not None:
+        Path(save_predictions).mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    for stem, img_path, label_file in samples:
+        label = read_label_png(label_file)
+        pred = predict(model, cfg, _read_bgr(img_path), label.shape, test_size=test_size, keep_ratio=keep_ratio)
+        try:
+            conf += confusion_matrix(pred, label)
+        except ValueError as exc:
+            raise DataError(f"{label_file}: {exc}") from None
+        if save_predictions is not None:
+            atomic_write_bytes(Path(save_predictions) / f"{stem}.png", encode_label_png(pred))
+    seconds = time.perf_counter() - start
+    result = {
+        "dataset": manifest.get("dataset") or manifest.get("name") or dataset.name,
+        "dataset_dir": str(dataset),
+        "split": split,
+        "run": str(run),
+        **metrics_from_confusion(conf, num_images=len(samples)),
+        "test_size_wh": list(test_size) if test_size else None,
+        "keep_ratio": keep_ratio,
+        "inference": {"mode": "slide", "window_hw": list(test_cfg["crop_size"]), "stride_hw": list(test_cfg["stride"]), "flip": False, "multi_scale": False},
+        "predictions_resized_to": "label resolution (bilinear logits, then argmax)",
+        "seconds": round(seconds, 3),
+        "images_per_second": round(len(samples) / seconds, 4) if seconds > 0 else None,
+        "threads": torch.get_num_threads(),
+        "confusion_matrix": conf.tolist(),
+    }
+    atomic_write_json(out_json, result)
+    return result
+
+
+def _size_wh(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected WIDTHxHEIGHT") from None
+    return (w, h)
+
+
+def add_cli(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="mIoU of a trained segmentation run on a prepared dataset split (sliding window)",
+        description="Resize to the test size, sliding-window inference (window = training crop, stride = half), "
+        "predictions resized to the label size, dataset-level confusion matrix and per-class IoU as JSON.",
+    )
+    p.add_argument("--run", required=True, type=Path, help="train-segmentation output folder")
+    p.add_argument("--dataset", required=True, type=Path, help="prepared target dataset")
+    p.add_argument("--split", required=True)
+    p.add_argument("--out", required=True, type=Path, help="metrics JSON")
+    p.add_argument("--test-size", type=_size_wh, default=None, help="WIDTHxHEIGHT to resize to before inference (default: native)")
+    p.add_argument("--no-keep-ratio", action="store_true", help="resize to exactly the test size")
+    p.add_argument("--window", type=_size_wh, default=None, help="sliding window WIDTHxHEIGHT (default: the training crop)")
+    p.add_argument("--stride", type=_size_wh, default=None, help="sliding stride WIDTHxHEIGHT (default: half the window)")
+    p.add_argument("--save-predictions", type=Path, default=None, help="folder for <stem>.png train-ID predictions")
+    p.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> None:
+    flip = lambda wh: (wh[1], wh[0]) if wh else None  # noqa: E731  (CLI is WxH, internals h, w)
+    evaluate_segmentation(
+        args.run, args.dataset, args.split, args.out, test_size=args.test_size, keep_ratio=not args.no_keep_ratio,
+        window=flip(args.window), stride=flip(args.stride), save_predictions=args.save_predictions,
+    )  # fmt: skip

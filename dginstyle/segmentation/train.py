@@ -1,0 +1,335 @@
+"""`train-segmentation`: a DAFormer (MiT + DAFormer head) on source + generated data, mmengine Runner.
+
+Schedule (method.md section 3): AdamW (head lr x10), linear warm-up then poly decay, an
+iteration-based loop, checkpoints every N iterations in `work_dir`; a killed run started again
+with the same `work_dir` resumes from its latest checkpoint (loaded weights-only with the
+mmengine allowlist of dginstyle.compat; a checkpoint outside `work_dir` is refused).
+
+Output folder (written in a hidden sibling, renamed when complete):
+    weights.safetensors   final model state dict
+    config.py             the mmseg/mmengine config (mmseg.apis.init_model(config.py) builds the model)
+    train_log.jsonl       one JSON row per log interval: iter, loss, lr, sample origins
+    metadata.json         settings, dataset sizes, timing, versions
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+from dginstyle.io import DataError, atomic_write_json, fresh_staging_dir, replace_dir
+
+log = logging.getLogger(__name__)
+
+WEIGHTS = "weights.safetensors"
+CONFIG = "config.py"
+TRAIN_LOG = "train_log.jsonl"
+METADATA = "metadata.json"
+
+# Paper (method.md section 3): lr 6e-5, wd 0.01, 1500 warm-up, poly power 1.0, 40k iterations, batch 2, crop 512.
+DEFAULTS = dict(
+    model="daformer_mitb5", iterations=40000, batch_size=2, crop_size=(512, 512), learning_rate=6e-5,
+    weight_decay=0.01, warmup_iterations=1500, poly_power=1.0, seed=0,
+)  # fmt: skip
+
+
+def latest_checkpoint(work_dir: Path) -> Path | None:
+    """The checkpoint named in <work_dir>/last_checkpoint, checked to lie inside work_dir."""
+    from dginstyle.compat import check_inside_run_dir
+
+    pointer = Path(work_dir) / "last_checkpoint"
+    if not pointer.is_file():
+        return None
+    name = pointer.read_text().strip()
+    if not name:
+        return None
+    path = Path(name) if Path(name).is_absolute() else Path(work_dir) / name
+    return check_inside_run_dir(path, work_dir)
+
+
+def _schedule_factor(it: int, iterations: int, warmup: int, power: float) -> float:
+    """Closed-form lr factor at iteration `it` of mmengine's LinearLR(start 1e-6, begin 0, end
+    warmup) then PolyLR(power, eta_min 0, begin warmup, end iterations), as mmengine computes
+    them (total_iters = end - begin - 1: the warm-up reaches 1 at warmup - 1, the poly decay 0
+    at the last iteration)."""
+    warmup = max(0, min(warmup, iterations))
+    if it < warmup:
+        span = warmup - 1
+        return 1e-6 + (1 - 1e-6) * min(it, span) / span if span > 0 else 1e-6
+    span = iterations - warmup - 1
+    return (1 - min(it - warmup, span) / span) ** power if span > 0 else 1.0
+
+
+def _make_hooks(log_path: Path, log_interval: int, generated_roots: list[str], pretrained: Path | None, schedule: dict):
+    from mmengine.hooks import Hook
+
+    class RunHook(Hook):
+        """Loss log (JSON lines), sample-origin counts, pretrained backbone, schedule re-sync on resume."""
+
+        priority = "LOW"
+
+        def __init__(self):
+            self.origins = {"source": 0, "generated": 0}
+            self.start_iter = 0
+            self.start_time = None
+            self.lr = None
+
+        def before_train(self, runner):
+            self.start_iter = runner.iter
+            self.start_time = time.perf_counter()
+            if log_path.is_file():  # drop rows past the resumed iteration (written after the last checkpoint)
+                rows = [line for line in log_path.read_text().splitlines() if line.strip() and json.loads(line)["iter"] <= runner.iter]
+                log_path.write_text("".join(r + "\n" for r in rows))
+            if runner.iter == 0 and pretrained is not None:
+                _load_pretrained(runner.model, pretrained)
+            if runner.iter > 0:
+                self._resync_schedule(runner)
+
+        def _resync_schedule(self, runner):
+            # A resumed run whose schedule length changed (e.g. 2 then 4 iterations): the
+            # restored schedulers hold the old begin/end; give them the new ones and set the
+            # lr to the closed-form value at the current iteration.
+            warmup = max(0, min(schedule["warmup"], schedule["iterations"]))
+            changed = False
+            for sched in runner.param_schedulers:
+                name = type(sched).__name__
+                begin, end = (0, warmup) if name == "LinearLR" else (warmup, schedule["iterations"])
+                if (sched.begin, sched.end) != (begin, end):
+                    sched.begin, sched.end, sched.total_iters = begin, end, end - begin - 1
+                    # the steps it has taken inside its range by now (its chained formula counts on it)
+                    sched.last_step = max(0, min(runner.iter, end - 1) - begin)
+                    changed = True
+            if changed:
+                factor = _schedule_factor(runner.iter, schedule["iterations"], schedule["warmup"], schedule["power"])
+                for group in runner.optim_wrapper.optimizer.param_groups:
+                    group["lr"] = group["initial_lr"] * factor
+                log.info("resumed at iteration %d with a new schedule length; lr factor %.4g", runner.iter, factor)
+
+        def before_train_iter(self, runner, batch_idx, data_batch=None):
+            self.lr = float(runner.optim_wrapper.optimizer.param_groups[0]["lr"])  # the lr this iteration uses
+
+        def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+            for sample in (data_batch or {}).get("data_samples", []):
+                path = str(sample.metainfo.get("img_path", ""))
+                self.origins["generated" if any(path.startswith(r) for r in generated_roots) else "source"] += 1
+            it = runner.iter + 1
+            if it % log_interval and it != runner.max_iters:
+                return
+            row = {"iter": it}
+            for key, value in (outputs or {}).items():
+                row[key] = float(value.detach().mean()) if hasattr(value, "detach") else float(value)
+            row["lr"] = self.lr  # backbone lr of this iteration (head: x10)
+            row["samples_seen"] = dict(self.origins)  # since this process started
+            row["elapsed_s"] = round(time.perf_counter() - self.start_time, 3)
+            with open(log_path, "a") as handle:
+                handle.write(json.dumps(row) + "\n")
+
+    return RunHook()
+
+
+def _load_pretrained(model, path: Path) -> None:
+    """ImageNet-pretrained backbone weights: safetensors, or a plain state-dict .pth read weights-only."""
+    import torch
+
+    from dginstyle.compat import load_weights
+
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        state, _ = load_weights(path)
+    else:
+        if not path.is_file():
+            raise DataError(f"{path}: pretrained weights not found")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise DataError(f"{path}: refused by the weights-only loader or unreadable ({exc.__class__.__name__})") from None
+        state = state.get("state_dict", state)
+    state = {k.removeprefix("backbone."): v for k, v in state.items()}
+    result = model.backbone.load_state_dict(state, strict=False)
+    loaded = len(state) - len(result.unexpected_keys)
+    if loaded == 0:
+        raise DataError(f"{path}: no key matches the backbone")
+    log.info("pretrained backbone from %s: %d tensors, missing %d, unexpected %d", path, loaded, len(result.missing_keys), len(result.unexpected_keys))
+
+
+def _hw(size) -> tuple[int, int]:
+    if isinstance(size, int):
+        return (size, size)
+    h, w = size
+    return (int(h), int(w))
+
+
+def train_segmentation(
+    source: Path,
+    generated: list[Path],
+    out: Path,
+    work_dir: Path,
+    *,
+    model: str = DEFAULTS["model"],
+    iterations: int = DEFAULTS["iterations"],
+    batch_size: int = DEFAULTS["batch_size"],
+    crop_size: tuple[int, int] | int = DEFAULTS["crop_size"],
+    learning_rate: float = DEFAULTS["learning_rate"],
+    weight_decay: float = DEFAULTS["weight_decay"],
+    warmup_iterations: int = DEFAULTS["warmup_iterations"],
+    poly_power: float = DEFAULTS["poly_power"],
+    seed: int = DEFAULTS["seed"],
+    threads: int | None = None,
+    pretrained: Path | None = None,
+    source_resize: tuple[int, int] | None = None,
+    generated_resize: tuple[int, int] | None = None,
+    checkpoint_interval: int = 1000,
+    log_interval: int = 50,
+) -> dict:
+    """Train; write `out` (see module docstring) and return its metadata.
+
+    crop_size is (h, w) (an int for a square); source_resize / generated_resize are (w, h).
+    """
+    import torch
+
+    from dginstyle.compat import allow_mmengine_checkpoint_types, import_mmseg, save_weights
+    from dginstyle.segmentation import register_modules
+    from dginstyle.segmentation.configs import training_config
+    from dginstyle.segmentation.datasets import generated_samples, prepared_samples
+
+    import_mmseg()
+    register_modules()
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+
+    source, out, work_dir = Path(source), Path(out), Path(work_dir)
+    generated = [Path(g) for g in generated or []]
+    crop = _hw(crop_size)
+    threads = threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or (os.cpu_count() or 1)
+    torch.set_num_threads(threads)
+    if batch_size < 1 or checkpoint_interval < 1 or log_interval < 1:
+        raise DataError("batch size, checkpoint interval and log interval must be >= 1")
+    n_source = len(prepared_samples(source, "train"))
+    n_generated = sum(len(generated_samples(g)) for g in generated)
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    resume_from = latest_checkpoint(work_dir)  # DataError when it points outside work_dir
+    cfg = training_config(
+        source=source, generated=generated, work_dir=work_dir, model=model, iterations=iterations,
+        batch_size=batch_size, crop_size=crop, learning_rate=learning_rate, weight_decay=weight_decay,
+        warmup_iterations=warmup_iterations, poly_power=poly_power, seed=seed, source_resize=source_resize,
+        generated_resize=generated_resize, checkpoint_interval=checkpoint_interval, log_interval=log_interval,
+    )  # fmt: skip
+    if resume_from is not None:
+        allow_mmengine_checkpoint_types()
+        cfg.update(resume=True, load_from=str(resume_from))
+    config = Config(cfg)
+    runner = Runner.from_cfg(config)
+    log_path = work_dir / TRAIN_LOG
+    generated_roots = [str(g.resolve()) + os.sep for g in generated]
+    schedule = dict(iterations=iterations, warmup=warmup_iterations, power=poly_power)
+    runner.register_hook(_make_hooks(log_path, log_interval, generated_roots, pretrained, schedule))
+
+    start = time.perf_counter()
+    runner.train()
+    seconds = time.perf_counter() - start
+    start_iter = 0
+    if resume_from is not None:
+        start_iter = int(Path(resume_from).stem.rsplit("_", 1)[-1]) if Path(resume_from).stem.startswith("iter_") else None
+
+    import mmengine
+    import mmseg
+
+    metadata = {
+        "stage": "train-segmentation",
+        "model": model,
+        "iterations": iterations,
+        "batch_size": batch_size,
+        "crop_size_hw": list(crop),
+        "learning_rate": learning_rate,
+        "head_lr_mult": 10.0,
+        "weight_decay": weight_decay,
+        "warmup_iterations": warmup_iterations,
+        "poly_power": poly_power,
+        "seed": seed,
+        "threads": threads,
+        "pretrained": str(pretrained) if pretrained else None,
+        "source": str(source),
+        "generated": [str(g) for g in generated],
+        "source_samples": n_source,
+        "generated_samples": n_generated,
+        "mix": "ConcatDataset of source train + generated pairs (mix follows their sizes)",
+        "source_resize_wh": list(source_resize) if source_resize else None,
+        "generated_resize_wh": list(generated_resize) if generated_resize else None,
+        "resumed_from": str(resume_from) if resume_from else None,
+        "resumed_at_iteration": start_iter,
+        "seconds_this_process": round(seconds, 3),
+        "iterations_per_second": round((iterations - (start_iter or 0)) / seconds, 4) if seconds > 0 else None,
+        "versions": {"torch": torch.__version__, "mmseg": mmseg.__version__, "mmengine": mmengine.__version__},
+    }
+    staging = fresh_staging_dir(out)
+    save_weights(runner.model.state_dict(), staging / WEIGHTS, metadata={"model": model, "iterations": iterations})
+    infer_cfg = Config(cfg)
+    infer_cfg.pop("resume", None)
+    infer_cfg.pop("load_from", None)
+    infer_cfg.dump(str(staging / CONFIG))
+    if log_path.is_file():
+        shutil.copyfile(log_path, staging / TRAIN_LOG)
+    else:
+        (staging / TRAIN_LOG).write_text("")
+    atomic_write_json(staging / METADATA, metadata)
+    replace_dir(staging, out)
+    return metadata
+
+
+def _size_wh(text: str) -> tuple[int, int]:
+    try:
+        if "x" in text:
+            w, h = (int(v) for v in text.lower().split("x"))
+        else:
+            w = h = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected WIDTHxHEIGHT or one integer") from None
+    if w < 1 or h < 1:
+        raise argparse.ArgumentTypeError("sizes must be positive")
+    return (w, h)
+
+
+def add_cli(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train-segmentation",
+        help="train a DAFormer segmenter on source + generated data (mmseg 1.x, mmengine Runner)",
+        description="Train MiT + DAFormer head on a prepared source train split concatenated with generated shards.",
+    )
+    p.add_argument("--source", required=True, type=Path, help="prepared source dataset (its train split is used)")
+    p.add_argument("--generated", nargs="*", type=Path, default=[], help="zero or more generated shard folders")
+    p.add_argument("--out", required=True, type=Path, help="output run folder (weights, config, log, metadata)")
+    p.add_argument("--work-dir", required=True, type=Path, help="checkpoints; a rerun with the same folder resumes")
+    p.add_argument("--model", default=DEFAULTS["model"], choices=("daformer_mitb5", "daformer_tiny"))
+    p.add_argument("--iterations", type=int, default=DEFAULTS["iterations"])
+    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
+    p.add_argument("--crop-size", type=_size_wh, default=(512, 512), help="training crop WIDTHxHEIGHT or N (square)")
+    p.add_argument("--learning-rate", type=float, default=DEFAULTS["learning_rate"], help="backbone lr (head x10)")
+    p.add_argument("--weight-decay", type=float, default=DEFAULTS["weight_decay"])
+    p.add_argument("--warmup-iterations", type=int, default=DEFAULTS["warmup_iterations"])
+    p.add_argument("--poly-power", type=float, default=DEFAULTS["poly_power"])
+    p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default $OMP_NUM_THREADS)")
+    p.add_argument("--pretrained", type=Path, default=None, help="backbone weights (.safetensors, or a weights-only .pth)")
+    p.add_argument("--source-resize", type=_size_wh, default=None, help="resize source images (keep ratio) to fit WIDTHxHEIGHT")
+    p.add_argument("--generated-resize", type=_size_wh, default=None, help="resize generated images to WIDTHxHEIGHT")
+    p.add_argument("--checkpoint-interval", type=int, default=1000)
+    p.add_argument("--log-interval", type=int, default=50)
+    p.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> None:
+    w, h = args.crop_size
+    train_segmentation(
+        args.source, args.generated, args.out, args.work_dir, model=args.model, iterations=args.iterations,
+        batch_size=args.batch_size, crop_size=(h, w), learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay, warmup_iterations=args.warmup_iterations, poly_power=args.poly_power,
+        seed=args.seed, threads=args.threads, pretrained=args.pretrained, source_resize=args.source_resize,
+        generated_resize=args.generated_resize, checkpoint_interval=args.checkpoint_interval,
+        log_interval=args.log_interval,
+    )  # fmt: skip
