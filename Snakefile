@@ -16,6 +16,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/generator.smk"
 include: "workflow/rules/generate.smk"
+include: "workflow/rules/segment.smk"
 
 
 rule all:
@@ -25,3 +26,4 @@ rule all:
         contact_sheets(),
         generated_shards(),
         "results/figures/style_swap.png",
+        metrics_files(),

@@ -95,6 +95,13 @@ def _check_references(config: dict) -> None:
         raise ConfigError(f"config key 'source': dataset {config['source']!r} is the unlabelled prior corpus, not a labelled source")
     if corpus and not (datasets[corpus]["format"] == "minicity" and datasets[corpus]["domain"] == "prior"):
         raise ConfigError(f"config key 'prior.corpus': dataset {corpus!r} is not a minicity prior corpus (format minicity, domain prior)")
+    for name, experiment in config.get("experiments", {}).items():
+        data = experiment["data"]
+        if data != "source" and data not in config.get("generated_sets", {}):
+            raise ConfigError(f"config key 'experiments.{name}.data': {data!r} is neither 'source' nor a generated set (defined under 'generated_sets': {', '.join(sorted(config.get('generated_sets', {})))})")
+    for name in config.get("evaluation", {}).get("test_sizes", {}):
+        if name not in config["targets"]:
+            raise ConfigError(f"config key 'evaluation.test_sizes.{name}': {name!r} is not a target ({', '.join(config['targets'])})")
     if corpus and config["prior"].get("model"):
         raise ConfigError("config keys 'prior.model' and 'prior.corpus': give a pretrained model or a corpus to train the tiny prior on, not both")
 

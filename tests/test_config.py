@@ -145,3 +145,15 @@ def test_schema_is_usable_by_snakemake_validate():
     from snakemake.utils import validate
 
     validate(load("smoke"), str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
+
+
+def test_experiment_with_unknown_training_data():
+    config = load("smoke")
+    config["experiments"] = {"mixed": {"data": "no_such_set"}}
+    expect_error(config, "experiments.mixed.data", "no_such_set", "generated set")
+
+
+def test_test_size_for_a_dataset_that_is_not_a_target():
+    config = load("smoke")
+    config["evaluation"] = {"test_sizes": {"mini_gta5": [64, 32]}}
+    expect_error(config, "evaluation.test_sizes.mini_gta5", "not a target")

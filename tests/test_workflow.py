@@ -61,6 +61,8 @@ def test_dry_run_of_default_config_plans_every_dataset(tmp_path):
     assert jobs["prepare_dataset"] == 7  # source, five targets, prior corpus
     assert jobs["contact_sheet"] == 7
     assert jobs["generate"] == 2 and jobs["style_swap"] == 2  # plain, and no_swap for the figure
+    assert jobs["train_segmentation"] == 2 * 3  # source-only and DGInStyle, three seeds
+    assert jobs["evaluate"] == 2 * 3 * 5  # ... on five targets
 
 
 def write_config(path: Path, config: dict) -> Path:
@@ -106,6 +108,9 @@ def test_paper_dry_run_against_fake_dataset_trees(tmp_path):
     assert jobs["finetune_unet"] == 1 and jobs["train_controlnet"] == 1 and jobs["style_swap"] == 2
     assert jobs["generate"] == config["generation"]["shards"] == 28
     assert "--prior runwayml/stable-diffusion-v1-5" in result.stdout
+    assert jobs["train_segmentation"] == 2 * 3 and jobs["evaluate"] == 2 * 3 * 5
+    assert "--model daformer_mitb5" in result.stdout and "--source-resize 1280x720" in result.stdout
+    assert "--test-size 960x540" in result.stdout and "--test-size 1024x512" in result.stdout
     assert "--root" in result.stdout and str(tmp_path / "data" / "gta5") in result.stdout
 
 
@@ -145,6 +150,18 @@ def test_smoke_run_executes_every_stage(tmp_path):
 
     with Image.open(figure) as image:  # header + 4 layout rows; condition, U^S, U^P, five weathers
         assert image.size == (8 * 96, 18 + 4 * 96)
+    # Segmentation: every experiment x seed x target has its metrics; the DGInStyle runs saw the
+    # generated pairs, the source-only runs did not.
+    for experiment in config["experiments"]:
+        for seed in config["segmentation"]["seeds"]:
+            run = results / "segmentation" / experiment / f"seed{seed}"
+            assert (run / "weights.safetensors").is_file() and (run / "config.py").is_file()
+            trained_on = json.loads((run / "metadata.json").read_text())
+            expected_generated = 0 if config["experiments"][experiment]["data"] == "source" else config["generation"]["num_pairs"]
+            assert trained_on["generated_samples"] == expected_generated
+            for target in config["targets"]:
+                metrics = json.loads((results / "metrics" / experiment / f"seed{seed}" / f"{target}.json").read_text())
+                assert 0 <= metrics["mIoU"] <= 1 and metrics["num_images"] == config["datasets"][target]["splits"]["val"]
     # Nothing left to do on a rerun: the outputs are complete and cached.
     rerun = snakemake("-n", "--cores", "2", "--configfile", str(SMOKE), cwd=tmp_path)
     assert rerun.returncode == 0

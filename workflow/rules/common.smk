@@ -144,3 +144,50 @@ def generated_shards():
 
 if PRIOR_TRAINED_HERE and config["prior"]["use_shipped"]:
     install_shipped_prior()
+
+
+# ----------------------------------------------------------------------------- segmentation
+
+EXPERIMENTS = list(config["experiments"])
+SEEDS = config["segmentation"]["seeds"]
+
+
+wildcard_constraints:
+    experiment="|".join(EXPERIMENTS),
+    seed=r"\d+",
+    target="|".join(config["targets"]),
+
+
+def training_shards(wildcards):
+    """The generated shards an experiment trains on besides the source (none for source-only)."""
+    data = config["experiments"][wildcards.experiment]["data"]
+    if data == "source":
+        return []
+    return expand("results/generated/{gen}/shard{shard}", gen=data, shard=SHARDS)
+
+
+def segmentation_options():
+    """Optional train-segmentation flags: resizes and pretrained backbone weights."""
+    hp = config["segmentation"]
+    options = []
+    if hp["source_resize"]:
+        options.append("--source-resize {}x{}".format(*hp["source_resize"]))
+    if hp["generated_resize"]:
+        options.append("--generated-resize {}x{}".format(*hp["generated_resize"]))
+    if hp["pretrained"]:
+        options.append(f"--pretrained '{hp['pretrained']}'")
+    return " ".join(options)
+
+
+def test_size_option(wildcards):
+    size = config["evaluation"]["test_sizes"].get(wildcards.target)
+    return "--test-size {}x{}".format(*size) if size else ""
+
+
+def metrics_files():
+    return expand(
+        "results/metrics/{experiment}/seed{seed}/{target}.json",
+        experiment=EXPERIMENTS,
+        seed=SEEDS,
+        target=config["targets"],
+    )

@@ -1,0 +1,58 @@
+# Segmentation: one training job per (experiment, seed), one evaluation job per
+# (experiment, seed, target). Each is independent, so a cluster runs them in parallel.
+
+
+rule train_segmentation:
+    input:
+        source=f"results/datasets/{config['source']}",
+        generated=training_shards,
+    output:
+        directory("results/segmentation/{experiment}/seed{seed}"),
+    log:
+        "results/logs/train_segmentation/{experiment}/seed{seed}.log",
+    benchmark:
+        "results/benchmarks/rules/train_segmentation/{experiment}/seed{seed}.tsv"
+    conda:
+        "../../envs/segmentation.yaml"
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=1440,
+        gpu=1,
+    params:
+        hp=config["segmentation"],
+        options=segmentation_options(),
+        work_dir="results/checkpoints/segmentation/{experiment}/seed{seed}",
+    shell:
+        "python -m dginstyle train-segmentation --source {input.source} --generated {input.generated}"
+        " --out {output} --work-dir {params.work_dir} --model {params.hp[model]}"
+        " --iterations {params.hp[iterations]} --batch-size {params.hp[batch_size]}"
+        " --crop-size {params.hp[crop_size]} --learning-rate {params.hp[learning_rate]}"
+        " --weight-decay {params.hp[weight_decay]} --warmup-iterations {params.hp[warmup_iterations]}"
+        " --poly-power {params.hp[poly_power]} --seed {wildcards.seed}"
+        " --checkpoint-interval {params.hp[checkpoint_interval]} {params.options} > {log} 2>&1"
+
+
+rule evaluate:
+    input:
+        run="results/segmentation/{experiment}/seed{seed}",
+        dataset="results/datasets/{target}",
+    output:
+        "results/metrics/{experiment}/seed{seed}/{target}.json",
+    log:
+        "results/logs/evaluate/{experiment}/seed{seed}/{target}.log",
+    benchmark:
+        "results/benchmarks/rules/evaluate/{experiment}/seed{seed}/{target}.tsv"
+    conda:
+        "../../envs/segmentation.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=120,
+        gpu=1,
+    params:
+        split=config["evaluation"]["split"],
+        test_size=test_size_option,
+    shell:
+        "python -m dginstyle evaluate --run {input.run} --dataset {input.dataset}"
+        " --split {params.split} --out {output} {params.test_size} > {log} 2>&1"
