@@ -58,11 +58,24 @@ def test_dry_run_of_default_config_plans_every_dataset(tmp_path):
     result = snakemake("-n", "--cores", "2", "--configfile", str(REPO / "config.yaml"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     jobs = planned_jobs(result)
-    assert jobs["prepare_dataset"] == 7  # source, five targets, prior corpus
-    assert jobs["contact_sheet"] == 7
+    # The shipped prior stands in for a trained one (as SD 1.5 does at paper scale), so neither
+    # pretrain_prior nor its corpus is planned: the source and the five targets are.
+    assert "shipped prior: installed" in result.stderr
+    assert "pretrain_prior" not in jobs
+    assert jobs["prepare_dataset"] == 6
+    assert jobs["contact_sheet"] == 6
     assert jobs["generate"] == 2 and jobs["style_swap"] == 2  # plain, and no_swap for the figure
     assert jobs["train_segmentation"] == 2 * 3  # source-only and DGInStyle, three seeds
     assert jobs["evaluate"] == 2 * 3 * 5  # ... on five targets
+
+
+def test_forcerun_pretrain_prior_retrains_from_its_corpus(tmp_path):
+    result = snakemake("-n", "-p", "--cores", "2", "--configfile", str(REPO / "config.yaml"), "--forcerun", "pretrain_prior", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    jobs = planned_jobs(result)
+    assert jobs["pretrain_prior"] == 1
+    assert jobs["prepare_dataset"] == 7  # the prior corpus is rendered for it
+    assert "--vae-steps 1000 --unet-steps 4000" in result.stdout
 
 
 def write_config(path: Path, config: dict) -> Path:

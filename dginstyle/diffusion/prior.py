@@ -506,8 +506,12 @@ def pretrain_prior(
         components[name].to("cpu")
     staging = fresh_staging_dir(out)
     models.save_pipeline(staging, components, metadata)
+    # The sample grid lives in the folder (like the shipped prior's samples.png); `samples`
+    # additionally copies it elsewhere.
+    save_sample_grid(components, staging / "samples.png", resolution=resolution)
     if samples is not None:
-        save_sample_grid(components, Path(samples), resolution=resolution)
+        Path(samples).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(staging / "samples.png", samples)
     replace_dir(staging, out)
     log.info("prior written to %s (%.1fs this run)", out, time.perf_counter() - t0)
     return metadata
@@ -577,6 +581,12 @@ def recorded_request(metadata: dict) -> dict:
         "resolution": hyper.get("resolution"),
         "training": {k: hyper.get(k) for k in keys},
     }
+
+
+def is_shipped_copy(folder: Path) -> bool:
+    """True when `folder` is the shipped prior installed by `sync_shipped_prior`."""
+    path = Path(folder) / "dginstyle.json"
+    return path.is_file() and bool(json.loads(path.read_text()).get("installed_from_shipped"))
 
 
 def sync_shipped_prior(dest: Path, request: dict) -> str:

@@ -29,12 +29,23 @@ wildcard_constraints:
     dataset="|".join(DATASETS),
 
 
+def final_datasets():
+    """The datasets `all` asks for. While the shipped prior stands in for a trained one, its
+    corpus is left out: rendering it would make pretrain_prior's input newer and retrain it
+    (ask for the corpus or its contact sheet by name to get it anyway)."""
+    if SHIPPED_PRIOR_IN_USE:
+        return [name for name in DATASETS if name != config["prior"]["corpus"]]
+    return DATASETS
+
+
 def prepared_datasets():
-    return expand("results/datasets/{dataset}", dataset=DATASETS)
+    return expand("results/datasets/{dataset}", dataset=final_datasets())
 
 
 def contact_sheets():
-    return expand("results/figures/contact_sheets/{dataset}.png", dataset=DATASETS)
+    return expand(
+        "results/figures/contact_sheets/{dataset}.png", dataset=final_datasets()
+    )
 
 
 def prepare_arguments(wildcards):
@@ -87,7 +98,11 @@ def install_shipped_prior():
     very corpus and settings, as the paper starts from SD 1.5 (`--forcerun pretrain_prior`
     retrains it; a changed corpus or setting removes the installed copy so the rule trains).
     """
-    from dginstyle.diffusion.prior import sync_shipped_prior, training_request
+    from dginstyle.diffusion.prior import (
+        is_shipped_copy,
+        sync_shipped_prior,
+        training_request,
+    )
 
     request = training_request(
         prior_corpus_spec(), config["prior"]["resolution"], config["prior"]["training"]
@@ -95,6 +110,7 @@ def install_shipped_prior():
     outcome = sync_shipped_prior(PRIOR, request)
     if outcome in ("installed", "removed"):
         print(f"shipped prior: {outcome} ({PRIOR})", file=sys.stderr)
+    return outcome in ("installed", "kept") and is_shipped_copy(PRIOR)
 
 
 def prior_input(wildcards):
@@ -142,8 +158,9 @@ def generated_shards():
     )
 
 
-if PRIOR_TRAINED_HERE and config["prior"]["use_shipped"]:
-    install_shipped_prior()
+SHIPPED_PRIOR_IN_USE = (
+    PRIOR_TRAINED_HERE and config["prior"]["use_shipped"] and install_shipped_prior()
+)
 
 
 # ----------------------------------------------------------------------------- segmentation

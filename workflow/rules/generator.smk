@@ -11,8 +11,7 @@ if PRIOR_TRAINED_HERE:
             # folder is rendered later; a changed corpus spec reaches the job through params.
             corpus=ancient(f"results/datasets/{config['prior']['corpus']}"),
         output:
-            prior=directory(PRIOR),
-            samples="results/figures/prior_samples.png",
+            prior=directory(PRIOR),  # holds samples.png, a grid of weather/style prompts
         log:
             "results/logs/pretrain_prior.log",
         benchmark:
@@ -35,8 +34,7 @@ if PRIOR_TRAINED_HERE:
             " --vae-steps {params.training[vae_steps]} --unet-steps {params.training[unet_steps]}"
             " --batch-size {params.training[batch_size]} --vae-batch-size {params.training[vae_batch_size]}"
             " --learning-rate {params.training[learning_rate]} --seed {params.training[seed]}"
-            " --checkpoint-every {params.training[checkpoint_every]}"
-            " --samples {output.samples} > {log} 2>&1"
+            " --checkpoint-every {params.training[checkpoint_every]} > {log} 2>&1"
 
 
 rule finetune_unet:
