@@ -216,7 +216,7 @@ def test_resume_after_sigkill(world, one_thread, tmp_path):
 
     out = tmp_path / "run" / "0"
     partial = generate.partial_dir(out)
-    cmd = [sys.executable, "-m", "dginstyle.diffusion.generate", "generate", "--generator", str(world["gen"]),
+    cmd = [sys.executable, "-m", "dginstyle", "generate", "--generator", str(world["gen"]),
            "--plan", str(world["plan"]), "--source", str(world["source"]), "--out", str(out), "--steps", "4",
            "--window", "8", "--stride", "2", "--area-threshold", "60", "--max-batch", "4", "--device", "cpu"]
     proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

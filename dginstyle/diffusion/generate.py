@@ -349,24 +349,3 @@ def _run(args: argparse.Namespace) -> None:
         controlnet_scale=args.controlnet_scale, window=args.window, stride=args.stride, area_threshold=args.area_threshold,
         fusion_timestep=args.fusion_timestep, max_batch=args.max_batch, device=args.device, precision=args.precision,
     )
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m dginstyle.diffusion.generate generate ...` (the same as `dginstyle generate`)."""
-    import sys
-
-    parser = argparse.ArgumentParser(prog="dginstyle")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_cli(sub)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        args.handler(args)
-    except DataError as exc:
-        print(f"dginstyle {args.command}: error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
