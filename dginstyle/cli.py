@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import sys
 from pathlib import Path
 
 from dginstyle import __version__
 from dginstyle.io import DataError
+from dginstyle.parallel import default_threads
 
 REAL_FORMATS = ("gta5", "cityscapes", "bdd100k", "mapillary", "acdc", "darkzurich")
 FORMATS = REAL_FORMATS + ("minicity",)
@@ -25,11 +25,6 @@ def _workers(value: str) -> int:
     if workers < 1:
         raise argparse.ArgumentTypeError("must be >= 1")
     return workers
-
-
-def _default_workers() -> int:
-    # Snakemake exports OMP_NUM_THREADS = the rule's threads: follow it when present.
-    return max(1, int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
 
 
 def _add_prepare(sub: argparse._SubParsersAction) -> None:
@@ -75,7 +70,7 @@ def _run_prepare(args: argparse.Namespace) -> None:
         root=args.root,
         splits=args.splits,
         name=args.name,
-        workers=args.workers or _default_workers(),
+        workers=args.workers or default_threads(),
         rcs_min_pixels=args.rcs_min_pixels,
         size_mismatch=args.size_mismatch,
         domain=args.domain,

@@ -25,6 +25,7 @@ import numpy as np
 from dginstyle.data.contract import label_path, read_manifest, read_split
 from dginstyle.io import DataError, atomic_write_json, read_label_png
 from dginstyle.labels import CLASSES, IGNORE, NUM_CLASSES
+from dginstyle.parallel import default_threads
 
 log = logging.getLogger(__name__)
 
@@ -127,13 +128,6 @@ def metrics_from_confusion(conf: np.ndarray, num_images: int | None = None, clas
     }
 
 
-def _default_threads() -> int:
-    try:
-        return max(1, int(os.environ.get("OMP_NUM_THREADS", "")))
-    except ValueError:
-        return max(1, os.cpu_count() or 1)
-
-
 def evaluate_prediction_folder(
     pred_dir: str | os.PathLike,
     dataset_dir: str | os.PathLike,
@@ -179,7 +173,7 @@ def evaluate_prediction_folder(
         except ValueError as exc:
             raise DataError(f"{pred_file} vs {gt_file}: {exc}") from None
 
-    threads = threads or _default_threads()
+    threads = threads or default_threads()
     conf = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
     if threads == 1:
         for stem in stems:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import os
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterable
@@ -16,6 +17,15 @@ from typing import Any, Callable, Iterable
 from dginstyle.io import DataError
 
 MAX_CHUNK = 32  # items per task: small enough that a stop request is honoured promptly
+
+def default_threads() -> int:
+    """Threads/processes a job may use: $OMP_NUM_THREADS (Snakemake sets it to the rule's
+    threads) when it is a positive integer, else every CPU."""
+    try:
+        return max(1, int(os.environ.get("OMP_NUM_THREADS", "")))
+    except ValueError:
+        return max(1, os.cpu_count() or 1)
+
 
 _STOP = None  # a multiprocessing.Event in workers: set by the parent after the first error
 

@@ -24,7 +24,6 @@ import argparse
 import hashlib
 import json
 import logging
-import os
 import shutil
 import time
 from dataclasses import asdict
@@ -632,7 +631,6 @@ def export_shipped(pipeline: Path, dest: Path, half: bool = True) -> dict[str, s
     Only configs, tokenizer files, safetensors weights and dginstyle.json are copied. Returns
     {relative weight path: sha256}.
     """
-    import torch
     from safetensors.torch import load_file, save_file
 
     pipeline, dest = Path(pipeline), Path(dest)
@@ -746,7 +744,9 @@ def add_cli(sub) -> None:
 
 
 def _run_cli(args: argparse.Namespace) -> None:
-    threads = max(1, int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
+    from dginstyle.parallel import default_threads
+
+    threads = default_threads()
     pretrain_prior(
         corpus=args.corpus, out=args.out, checkpoints=args.checkpoints, resolution=args.resolution,
         vae_steps=args.vae_steps, unet_steps=args.unet_steps, batch_size=args.batch_size,

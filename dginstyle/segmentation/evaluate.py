@@ -10,22 +10,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
 from dginstyle.io import DataError, atomic_write_bytes, atomic_write_json, encode_label_png, read_label_png
+from dginstyle.parallel import default_threads
 
 log = logging.getLogger(__name__)
-
-
-def _threads() -> int:
-    try:
-        return max(1, int(os.environ.get("OMP_NUM_THREADS", "")))
-    except ValueError:
-        return max(1, os.cpu_count() or 1)
 
 
 def load_run(run: Path, *, window: tuple[int, int] | None = None, stride: tuple[int, int] | None = None, device: str = "cpu"):
@@ -127,7 +120,7 @@ def evaluate_segmentation(
     from dginstyle.metrics import confusion_matrix, metrics_from_confusion
     from dginstyle.segmentation.datasets import prepared_samples
 
-    torch.set_num_threads(_threads())
+    torch.set_num_threads(default_threads())
     run, dataset = Path(run), Path(dataset)
     manifest = read_manifest(dataset)
     samples = prepared_samples(dataset, split)

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from dginstyle.io import DataError, atomic_write_json, fresh_staging_dir, replace_dir
+from dginstyle.parallel import default_threads
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +206,7 @@ def train_segmentation(
     source, out, work_dir = Path(source), Path(out), Path(work_dir)
     generated = [Path(g) for g in generated or []]
     crop = _hw(crop_size)
-    threads = threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or (os.cpu_count() or 1)
+    threads = threads or default_threads()
     torch.set_num_threads(threads)
     if batch_size < 1 or checkpoint_interval < 1 or log_interval < 1:
         raise DataError("batch size, checkpoint interval and log interval must be >= 1")
