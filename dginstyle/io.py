@@ -90,6 +90,17 @@ def read_label_png(path: str | os.PathLike) -> np.ndarray:
     return array
 
 
+def read_rgb(path: str | os.PathLike) -> Image.Image:
+    """An image file as RGB; DataError naming the file when it is missing or damaged."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except FileNotFoundError:
+        raise DataError(f"{path}: image not found (broken link?)") from None
+    except Exception as exc:  # PIL raises several types for damaged files
+        raise DataError(f"{path}: cannot decode image ({exc.__class__.__name__}: {exc})") from None
+
+
 def replace_dir(staging: Path, final: Path) -> None:
     """Move a finished staging folder to `final`, replacing an older `final` only at the end."""
     old = final.with_name(f".{final.name}.old")

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from dginstyle.data import contract
-from dginstyle.io import DataError, atomic_write_bytes, read_label_png
+from dginstyle.io import DataError, atomic_write_bytes, read_label_png, read_rgb
 from dginstyle.labels import colorize
 
 ROW_HEIGHT = 128
@@ -32,24 +32,6 @@ def _font(size: int = 12):
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow without FreeType sizing
         return ImageFont.load_default()
-
-
-def _find_image(root: Path, split: str, stem: str) -> Path:
-    folder = contract.image_dir(root, split)
-    hits = sorted(p for p in folder.glob(f"{stem}.*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
-    if not hits:
-        raise DataError(f"{folder}: no image for sample {stem!r}")
-    return hits[0]
-
-
-def _open_rgb(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except FileNotFoundError:
-        raise DataError(f"{path}: image not found (broken link?)") from None
-    except Exception as exc:
-        raise DataError(f"{path}: cannot decode image ({exc.__class__.__name__}: {exc})") from None
 
 
 def _captions(root: Path) -> dict[tuple[str, str], str]:
@@ -90,7 +72,7 @@ def contact_sheet(dataset: Path, out: Path, split: str | None = None, count: int
 
     rows: list[Image.Image] = []
     for stem in stems:
-        img = _open_rgb(_find_image(dataset, split, stem))
+        img = read_rgb(contract.find_image(dataset, split, stem))
         w = max(1, round(img.width * height / img.height))
         img = img.resize((w, height), Image.BILINEAR)
         if labelled:

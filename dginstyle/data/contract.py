@@ -56,12 +56,24 @@ class Record:
     extra: dict = field(default_factory=dict)  # {"condition": ...}; {"caption": ...} for the prior corpus
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
 def label_path(root: Path, split: str, stem: str) -> Path:
     return root / "labels" / split / f"{stem}.png"
 
 
 def image_dir(root: Path, split: str) -> Path:
     return root / "images" / split
+
+
+def find_image(root: Path, split: str, stem: str) -> Path:
+    """The image of a sample, whatever its extension (PNG, or a linked JPEG original)."""
+    folder = image_dir(Path(root), split)
+    hits = sorted(p for p in folder.glob(f"{stem}.*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not hits:
+        raise DataError(f"{folder}: no image for sample {stem!r}")
+    return hits[0]
 
 
 def class_pixel_counts(label: np.ndarray) -> list[int]:

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dginstyle.io import DataError, atomic_write_bytes, atomic_write_json
+from dginstyle.data import contract
+from dginstyle.io import DataError, atomic_write_bytes, atomic_write_json, read_rgb
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +293,7 @@ def rcs_sample(source: Path, split: str, sampler, crop: int, rng: np.random.Gene
     cls, stem = sampler.sample(rng)
     label = crops.load_label(source, split, stem)
     top, left, y, x = crops.centred_window(label, cls, crop, rng, where=f"{source}/labels/{split}/{stem}.png")
-    image = np.asarray(crops.load_rgb(crops.find_image(source, split, stem)))
+    image = np.asarray(read_rgb(contract.find_image(source, split, stem)))
     if image.shape[:2] != label.shape:
         raise DataError(f"{source}: image and label of {stem!r} differ in size ({image.shape[:2]} vs {label.shape})")
     label_crop = label[top : top + crop, left : left + crop]

@@ -17,7 +17,6 @@ from dginstyle.data import contract
 from dginstyle.io import DataError, read_label_png
 from dginstyle.labels import CLASSES, NUM_CLASSES
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 IGNORE_CHANNEL = NUM_CLASSES  # channel 19 of the condition holds the ignore pixels (method.md 1.2)
 
 
@@ -27,24 +26,6 @@ def seeded_rng(*keys: int) -> np.random.Generator:
 
 
 # ----------------------------------------------------------------------------- files
-
-
-def find_image(root: Path, split: str, stem: str) -> Path:
-    folder = contract.image_dir(Path(root), split)
-    hits = sorted(p for p in folder.glob(f"{stem}.*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not hits:
-        raise DataError(f"{folder}: no image for sample {stem!r}")
-    return hits[0]
-
-
-def load_rgb(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except FileNotFoundError:
-        raise DataError(f"{path}: image not found (broken link?)") from None
-    except Exception as exc:  # PIL raises several types for damaged files
-        raise DataError(f"{path}: cannot decode image ({exc.__class__.__name__}: {exc})") from None
 
 
 def source_stems(root: Path, split: str = "train") -> list[str]:

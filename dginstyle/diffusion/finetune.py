@@ -27,7 +27,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from dginstyle.io import DataError, atomic_write_json, fresh_staging_dir, replace_dir
+from dginstyle.data import contract
+from dginstyle.io import DataError, atomic_write_json, fresh_staging_dir, read_rgb, replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def finetune_unet(
     if not resize_ratios or min(resize_ratios) <= 0:
         raise DataError(f"--resize-ratios must be positive numbers, got {list(resize_ratios)}")
     stems = crops.source_stems(source, split)
-    images = [crops.find_image(source, split, stem) for stem in stems]
+    images = [contract.find_image(source, split, stem) for stem in stems]
     config = dict(
         prior=model_source(prior),
         source=str(source.resolve()),
@@ -127,7 +128,7 @@ def finetune_unet(
         for b in range(batch_size):
             k = (step * gradient_accumulation + micro) * batch_size + b
             path = images[_epoch_order(seed, k, len(images))]
-            crop, _ = crops.random_resized_crop(crops.load_rgb(path), list(resize_ratios), crop_size, rng)
+            crop, _ = crops.random_resized_crop(read_rgb(path), list(resize_ratios), crop_size, rng)
             batch.append(crops.to_unit_range(crop))
         return np.stack(batch)
 

@@ -23,12 +23,11 @@ import_mmseg(init_default_scope=False)
 from mmseg.datasets import BaseSegDataset  # noqa: E402
 from mmseg.registry import DATASETS  # noqa: E402
 
-from dginstyle.data.contract import image_dir, label_path, read_manifest, read_split  # noqa: E402
+from dginstyle.data.contract import IMAGE_SUFFIXES, image_dir, label_path, read_manifest, read_split  # noqa: E402
 from dginstyle.io import DataError  # noqa: E402
 from dginstyle.labels import CLASSES, IGNORE, NUM_CLASSES, PALETTE  # noqa: E402
 
 METAINFO = dict(classes=tuple(CLASSES), palette=[[int(v) for v in PALETTE[c]] for c in range(NUM_CLASSES)])
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def _info(img: Path, label: Path, origin: str) -> dict:
