@@ -27,11 +27,10 @@ WEATHERS = ("sunny", "foggy", "rainy", "snowy", "night")
 
 def plan_crop(source: Path, row: dict) -> np.ndarray:
     """The train-ID crop a plan row names, read from the prepared source dataset."""
+    from dginstyle.diffusion.layouts import crop_of
+
     full = read_label_png(contract.label_path(source, row.get("split", "train"), row["stem"]))
-    x0, y0, x1, y1 = row["crop"]
-    if x0 < 0 or y0 < 0 or y1 > full.shape[0] or x1 > full.shape[1]:
-        raise DataError(f"pair {row['id']}: crop {row['crop']} lies outside {row['stem']} ({full.shape[1]}x{full.shape[0]})")
-    return np.ascontiguousarray(full[y0:y1, x0:x1])
+    return crop_of(full, row, source)
 
 
 def style_swap_figure(

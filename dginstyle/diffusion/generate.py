@@ -46,7 +46,7 @@ from PIL import Image, ImageDraw, ImageFont
 from dginstyle import __version__
 from dginstyle.data import contract
 from dginstyle.diffusion import models
-from dginstyle.diffusion.layouts import read_plan
+from dginstyle.diffusion.layouts import crop_of, read_plan
 from dginstyle.diffusion.style_swap import load_generator
 from dginstyle.diffusion.mrlf import FUSION_TIMESTEPS, MODES, MRLFSettings, generate_image, vae_downsample
 from dginstyle.io import DataError, atomic_write_bytes, atomic_write_json, encode_label_png, encode_rgb_png, read_label_png, replace_dir
@@ -262,11 +262,7 @@ def generate_shard(
         if key not in labels_cache:
             labels_cache.clear()  # plans rarely repeat an image back to back; keep one
             labels_cache[key] = read_label_png(contract.label_path(source, *key))
-        full = labels_cache[key]
-        x0, y0, x1, y1 = row["crop"]
-        if x0 < 0 or y0 < 0 or y1 > full.shape[0] or x1 > full.shape[1]:
-            raise DataError(f"{plan}: pair {pair_id}: crop {row['crop']} lies outside {row['stem']} ({full.shape[1]}x{full.shape[0]})")
-        label = np.ascontiguousarray(full[y0:y1, x0:x1])
+        label = crop_of(labels_cache[key], row, plan)
         image = generate_image(components, label, row["prompt"], pair_id, settings)
         commit_pair(
             work,

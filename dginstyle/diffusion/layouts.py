@@ -229,6 +229,14 @@ def select_layouts(
     return rows
 
 
+def crop_of(full: np.ndarray, row: dict, where: Path | str) -> np.ndarray:
+    """The train-ID crop a plan row names, cut from its full source label (checked to fit)."""
+    x0, y0, x1, y1 = row["crop"]
+    if x0 < 0 or y0 < 0 or y1 > full.shape[0] or x1 > full.shape[1]:
+        raise DataError(f"{where}: pair {row['id']}: crop {row['crop']} lies outside {row['stem']} ({full.shape[1]}x{full.shape[0]})")
+    return np.ascontiguousarray(full[y0:y1, x0:x1])
+
+
 def read_plan(path: Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
