@@ -141,13 +141,25 @@ def test_resume_continues_exactly_like_a_straight_run(world):
     assert names == ["step_00000002", "step_00000004"]
 
 
-def test_resume_refuses_other_settings_and_a_checkpoint_beyond_steps(world):
+def test_checkpoints_of_other_settings_or_inputs_are_set_aside_not_resumed(world, caplog):
+    # Snakemake reruns a job whose params or inputs changed: its old checkpoints can never be
+    # resumed, so they move to <checkpoints>.stale and training starts afresh.
     root = world["root"]
     finetune_unet(root, "ft_c", steps=2)
-    with pytest.raises(DataError, match="learning_rate"):
-        finetune_unet(root, "ft_c", steps=4, learning_rate=5e-4)
-    with pytest.raises(DataError, match="beyond --steps 1"):
-        finetune_unet(root, "ft_c", steps=1)
+    fresh = finetune_unet(root, "ft_c", steps=4, learning_rate=5e-4)
+    assert fresh["resumed_from"] == [] and "learning_rate" in caplog.text
+    assert sorted(p.name for p in (root / "ck_ft_c.stale").iterdir()) == ["step_00000002"]
+    again = finetune_unet(root, "ft_c", steps=1)  # the checkpoint at step 4 lies beyond 1 step
+    assert again["resumed_from"] == [] and again["steps"] == 1
+    # a retrained prior (another training record) invalidates the fine-tune's checkpoints too
+    finetune_unet(root, "ft_d", steps=2)
+    record = root / "prior" / "dginstyle.json"
+    original = record.read_bytes()
+    try:
+        record.write_bytes(original.replace(b"{", b'{"retrained": true, ', 1))
+        assert finetune_unet(root, "ft_d", steps=4)["resumed_from"] == []
+    finally:
+        record.write_bytes(original)
 
 
 SCRIPT = """

@@ -148,3 +148,21 @@ def test_cli_flags(source, tmp_path):
     rows = layouts.read_plan(out)
     assert len(rows) == 10 and {r["prompt_kind"] for r in rows} == {"adverse", "night"}
     assert all(r["crop"][2] - r["crop"][0] == 48 and r["crop"][3] - r["crop"][1] == 32 for r in rows)
+
+
+def test_uniform_sampling_ablation_draws_images_and_crops_without_rcs(source, tmp_path):
+    rows = _plan(source, tmp_path / "u.jsonl", num_pairs=60, sampling="uniform")
+    rcs = _plan(source, tmp_path / "r.jsonl", num_pairs=60)
+    assert all(r["rare_class"] is None and r["rare_share"] is None for r in rows)
+    for r in rows:
+        x0, y0, x1, y1 = r["crop"]
+        assert (x1 - x0, y1 - y0) == (32, 32) and 0 <= x0 and x1 <= 128 and 0 <= y0 and y1 <= 64
+        label = read_label_png(contract.label_path(source, "train", r["stem"]))[y0:y1, x0:x1]
+        assert r["class_ids"] == [int(c) for c in np.unique(label) if c < len(CLASSES)]
+    # RCS puts rare classes into the crops far more often than uniform crops do
+    rare = {CLASSES.index(n) for n in ("pole", "traffic light", "traffic sign", "rider", "motorcycle", "bicycle")}
+    def share(plan):
+        return np.mean([bool(rare & set(r["class_ids"])) for r in plan])
+    assert share(rcs) > share(rows)
+    with pytest.raises(ValueError, match="sampling"):
+        _plan(source, tmp_path / "x.jsonl", sampling="random")

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from dginstyle.data import minicity
-from dginstyle.diffusion import models, prior, training
+from dginstyle.diffusion import layouts, models, prior, training
 from dginstyle.io import DataError
 
 TINY = models.TinySpec(
@@ -210,8 +210,34 @@ def test_sync_shipped_prior_installs_only_on_an_exact_match(tiny_run, tmp_path, 
     assert _digests(dest) == _digests(shipped)
     assert models.read_metadata(dest)["installed_from_shipped"] is True
     assert prior.sync_shipped_prior(dest, request) == "kept"
+    # A newer package ships other weights for the same request: the installed copy is replaced.
+    from safetensors.torch import load_file, save_file
+
+    retrained = tmp_path / "retrained"
+    shutil.copytree(root / "out", retrained)
+    weights = retrained / "unet" / "diffusion_pytorch_model.safetensors"
+    state = load_file(weights)
+    save_file({k: v + 0.01 for k, v in state.items()}, weights)
+    prior.export_shipped(retrained, shipped)
+    assert prior.sync_shipped_prior(dest, request) == "installed"
+    assert _digests(dest) == _digests(shipped)
+    assert prior.sync_shipped_prior(dest, request) == "kept"
     assert prior.sync_shipped_prior(dest, other) == "removed" and not dest.exists()
 
     trained_here = tmp_path / "trained"
     shutil.copytree(root / "out", trained_here)
     assert prior.sync_shipped_prior(trained_here, other) == "kept"  # never touches a prior the rule trained
+
+
+def test_tokenizer_spells_every_caption_and_prompt_word_as_one_token(tmp_path):
+    # Words sharing letters with earlier ones ("street" after "traffic", "train" after
+    # "traffic") used to fall apart into characters: each must be one token.
+    captions = ["a photo of a city street with trees, in rainy weather", "a sketch of a street scene, night"]
+    words = models.caption_words(captions + layouts.prompt_vocabulary())
+    tokenizer = models.build_tokenizer(words, tmp_path, 77)
+    split = [w for w in words if len(tokenizer(w, add_special_tokens=False).input_ids) != 1]
+    assert split == []
+    longest = layouts.make_prompt(list(range(19)), "foggy")
+    ids = tokenizer(longest).input_ids
+    assert len(ids) <= 77 and tokenizer.convert_ids_to_tokens(ids)[-4:-1] == ["foggy</w>", "weather</w>", ".</w>"]
+    assert prior.PRIOR_SPEC["max_tokens"] >= len(ids)

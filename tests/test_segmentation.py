@@ -15,7 +15,7 @@ pytest.importorskip("mmseg")
 
 from dginstyle.compat import load_trusted_checkpoint, load_weights  # noqa: E402
 from dginstyle.data.prepare import prepare  # noqa: E402
-from dginstyle.io import DataError  # noqa: E402
+from dginstyle.io import DataError, read_label_png  # noqa: E402
 from dginstyle.labels import NUM_CLASSES  # noqa: E402
 from dginstyle.metrics import confusion_matrix  # noqa: E402
 
@@ -213,3 +213,49 @@ def test_checkpoint_outside_the_run_folder_is_refused(world, tmp_path):
     (work / "last_checkpoint").write_text(str(work / "iter_2.pth"))
     with pytest.raises(DataError, match="outside the run folder"):
         train_segmentation(source, [], tmp_path / "run", work, iterations=2, **TRAIN)
+
+
+def test_filter_label_by_class_recall_and_by_confident_pixel():
+    from dginstyle.segmentation.quality_control import filter_label
+
+    label = np.array([[0, 0, 1, 1], [0, 0, 1, 255]], dtype=np.uint8)
+    prediction = np.array([[0, 0, 1, 0], [0, 2, 0, 3]])
+    probs = np.full((NUM_CLASSES, 2, 4), 0.01, dtype=np.float32)
+    confidence = np.array([[0.9, 0.9, 0.9, 0.9], [0.9, 0.4, 0.9, 0.9]], dtype=np.float32)
+    for y in range(2):
+        for x in range(4):
+            probs[prediction[y, x], y, x] = confidence[y, x]
+    # class 0: 3 of 4 pixels recognised (0.75); class 1: 1 of 3 (0.33)
+    kept = filter_label(label, probs, "class", 0.5)
+    assert kept.tolist() == [[0, 0, 255, 255], [0, 0, 255, 255]]
+    assert (filter_label(label, probs, "class", 0.0) == label).all()
+    # pixel: disagreements at (0,3) and (1,2) are confident; (1,1) is unsure; (1,3) is ignore already
+    assert filter_label(label, probs, "pixel", 0.5).tolist() == [[0, 0, 1, 255], [0, 0, 255, 255]]
+    with pytest.raises(ValueError, match="mode"):
+        filter_label(label, probs, "image", 0.5)
+
+
+def test_quality_control_writes_a_whole_filtered_shard(trained, world, tmp_path):
+    from dginstyle.segmentation.datasets import generated_samples
+    from dginstyle.segmentation.quality_control import REPORT, quality_control
+
+    run = trained[0]
+    shard = world[3]
+    report = quality_control(shard, run, tmp_path / "qc", mode="pixel", threshold=0.0)
+    out = generated_samples(tmp_path / "qc")
+    original = generated_samples(shard)
+    assert [s[0] for s in out] == [s[0] for s in original]
+    removed = labelled = 0
+    for (_, img, lab), (_, img0, lab0) in zip(out, original):
+        assert img.read_bytes() == img0.read_bytes()
+        new, old = read_label_png(lab), read_label_png(lab0)
+        assert ((new == old) | (new == 255)).all()  # only ever sets ignore
+        removed += int(((new == 255) & (old != 255)).sum())
+        labelled += int((old != 255).sum())
+    assert report["filtered_fraction"] == pytest.approx(removed / labelled, abs=1e-6)
+    assert removed > 0  # threshold 0: every disagreement of a 2-iteration segmenter goes
+    saved = json.loads((tmp_path / "qc" / REPORT).read_text())
+    assert saved["pairs"] == len(original) and saved["mode"] == "pixel"
+    assert json.loads((tmp_path / "qc" / "manifest.json").read_text())["quality_control"]["threshold"] == 0.0
+    # nothing filtered when no class is required to be recognised
+    assert quality_control(shard, run, tmp_path / "qc0", mode="class", threshold=0.0)["filtered_fraction"] == 0.0

@@ -128,6 +128,7 @@ def train_controlnet(
         encode_prompts,
         freeze,
         loss_log,
+        model_fingerprint,
         model_source,
         run_steps,
         step_keys,
@@ -144,7 +145,9 @@ def train_controlnet(
     sampler = crops.RareClassSampler(json.loads(stats_path.read_text()), rcs_temperature, rcs_min_pixels, str(stats_path))
     config = dict(
         prior=model_source(prior),
+        prior_fingerprint=model_fingerprint(prior),
         unet=str(unet_path.resolve()),
+        unet_fingerprint=model_fingerprint(unet_path),
         source=str(source.resolve()),
         split=split,
         learning_rate=learning_rate,

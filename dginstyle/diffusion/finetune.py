@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +83,7 @@ def finetune_unet(
     images = [contract.find_image(source, split, stem) for stem in stems]
     config = dict(
         prior=model_source(prior),
+        prior_fingerprint=model_fingerprint(prior),
         source=str(source.resolve()),
         split=split,
         learning_rate=learning_rate,
@@ -192,6 +194,18 @@ def model_source(path: Path) -> str:
     """A local folder as its absolute path; a model id (HF cache) as given."""
     path = Path(path)
     return str(path.resolve()) if path.exists() else str(path)
+
+
+def model_fingerprint(path: Path) -> str:
+    """What identifies a model input in a checkpoint's settings: the sha256 of its
+    dginstyle.json (a folder this workflow made: its training record changes when it is
+    retrained), else its source string (a model id or foreign folder)."""
+    import hashlib
+
+    record = Path(path) / "dginstyle.json"
+    if record.is_file():
+        return hashlib.sha256(record.read_bytes()).hexdigest()[:16]
+    return model_source(path)
 
 
 def torch_threads() -> None:
@@ -366,11 +380,17 @@ class Checkpoints:
         if "config" not in saved or "model" not in ckpt["modules"] or "optimizer" not in ckpt["optimizers"]:
             raise DataError(f"{path}: not a checkpoint of this stage (no model/optimizer/config); use a fresh --checkpoints folder")
         differ = {k: (saved["config"].get(k), v) for k, v in config.items() if saved["config"].get(k) != v}
-        if differ:
-            detail = "; ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in differ.items())
-            raise DataError(f"{path}: checkpoint was made with other settings ({detail}); use a fresh --checkpoints folder or the same settings")
-        if ckpt["step"] > steps:
-            raise DataError(f"{path}: checkpoint is at step {ckpt['step']}, beyond --steps {steps}; raise --steps or use a fresh --checkpoints folder")
+        if differ or ckpt["step"] > steps:
+            # A rerun with other settings or inputs (Snakemake reruns a job whose params or
+            # inputs changed): these checkpoints can never be resumed, so they are set aside
+            # (not deleted) and training starts afresh.
+            detail = "; ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in differ.items()) or f"step {ckpt['step']} > {steps}"
+            stale = self.root.with_name(self.root.name + ".stale")
+            if stale.exists():
+                shutil.rmtree(stale)
+            os.replace(self.root, stale)
+            log.warning("%s: checkpoints from other settings (%s); moved to %s, starting afresh", path, detail, stale)
+            return fresh
         model.load_state_dict(ckpt["modules"]["model"], strict=True)
         optimizer.load_state_dict(ckpt["optimizers"]["optimizer"])
         if rt.scaler is not None and saved.get("scaler"):

@@ -47,6 +47,7 @@ from dginstyle.labels import CLASSES, NUM_CLASSES
 log = logging.getLogger(__name__)
 
 PROMPT_KINDS = ("adverse", "night", "plain")
+LAYOUT_SAMPLING = ("rcs", "uniform")
 DEFAULT_WEATHER_SCHEDULE = {"adverse": 3000, "night": 1000, "plain": 3000}
 ADVERSE_WORDS = ("snowy", "rainy", "foggy")
 WEATHER_TEMPLATE = "A city street scene with {classes}, in {weather} weather."
@@ -113,12 +114,30 @@ def choose_crop(label: np.ndarray, cls: int, crop: tuple[int, int], tries: int, 
     return box, share
 
 
+def uniform_crop(label: np.ndarray, crop: tuple[int, int], rng: np.random.Generator, where: str = "") -> list[int]:
+    """A crop at a uniformly random position (the ablation without rare-class layouts)."""
+    h, w = label.shape
+    if crop[0] > w or crop[1] > h:
+        raise DataError(f"{where}: crop {crop[0]}x{crop[1]} is larger than the image {w}x{h}")
+    x0, y0 = int(rng.integers(w - crop[0] + 1)), int(rng.integers(h - crop[1] + 1))
+    return [x0, y0, x0 + crop[0], y0 + crop[1]]
+
+
 # ----------------------------------------------------------------------------- prompts
 
 
 def class_names(class_ids: list[int]) -> str:
     """Class names in train-ID order, space-joined (method.md 1.2)."""
     return " ".join(CLASSES[c] for c in sorted(class_ids))
+
+
+def prompt_vocabulary() -> list[str]:
+    """Every text the generator's prompts are made of: each class name, the weather template
+    and each weather word. A tokenizer built offline for a tiny prior must spell these as whole
+    tokens, or a class-list prompt becomes dozens of single characters and the weather word
+    falls off the end of the context."""
+    weathers = sorted(set(ADVERSE_WORDS) | {"night", "sunny"})
+    return list(CLASSES) + [make_prompt(list(range(NUM_CLASSES)), w) for w in weathers]
 
 
 def make_prompt(class_ids: list[int], weather: str | None) -> str:
@@ -175,11 +194,18 @@ def select_layouts(
     seed: int = 0,
     split: str = "train",
     adverse_words: tuple[str, ...] = ADVERSE_WORDS,
+    sampling: str = "rcs",
 ) -> list[dict]:
-    """Write the generation plan for `num_pairs` pairs to `out_jsonl`; return its rows."""
+    """Write the generation plan for `num_pairs` pairs to `out_jsonl`; return its rows.
+
+    sampling "rcs" (the paper): a rare class is drawn by RCS and the crop centred on it;
+    "uniform" (the ablation without rare-class layouts): a uniformly drawn image and crop.
+    """
     source, out_jsonl = Path(source), Path(out_jsonl)
     if num_pairs < 0:
         raise ValueError(f"num_pairs must be >= 0, got {num_pairs}")
+    if sampling not in LAYOUT_SAMPLING:
+        raise ValueError(f"sampling must be one of {LAYOUT_SAMPLING}, got {sampling!r}")
     crop = parse_crop_size(crop_size)
     contract.read_manifest(source)
     stats_path = source / "class_stats" / f"{split}.json"
@@ -193,17 +219,25 @@ def select_layouts(
     if counts.get("adverse") and not adverse_words:
         raise ValueError("the schedule asks for adverse prompts but no adverse weather words are given")
 
+    all_stems = sorted(stats["image_class_pixels"]) if sampling == "uniform" else []
     kinds = np.array([k for k in PROMPT_KINDS for _ in range(counts.get(k, 0))])
     np.random.default_rng(seed).shuffle(kinds)
 
     rows = []
     for pair_id in range(num_pairs):
         rng = np.random.default_rng([seed, pair_id])
-        cls = int(rng.choice(NUM_CLASSES, p=probs))
-        stem = images[cls][int(rng.integers(len(images[cls])))]
-        path = contract.label_path(source, split, stem)
-        label = read_label_png(path)
-        box, share = choose_crop(label, cls, crop, crop_tries, crop_min_share, rng, where=str(path))
+        if sampling == "rcs":
+            cls = int(rng.choice(NUM_CLASSES, p=probs))
+            stem = images[cls][int(rng.integers(len(images[cls])))]
+            path = contract.label_path(source, split, stem)
+            label = read_label_png(path)
+            box, share = choose_crop(label, cls, crop, crop_tries, crop_min_share, rng, where=str(path))
+        else:
+            cls, share = None, None
+            stem = all_stems[int(rng.integers(len(all_stems)))]
+            path = contract.label_path(source, split, stem)
+            label = read_label_png(path)
+            box = uniform_crop(label, crop, rng, where=str(path))
         x0, y0, x1, y1 = box
         present = [int(c) for c in np.unique(label[y0:y1, x0:x1]) if c < NUM_CLASSES]
         kind = str(kinds[pair_id])
@@ -215,13 +249,13 @@ def select_layouts(
                 "stem": stem,
                 "crop": box,
                 "size": [int(label.shape[0]), int(label.shape[1])],
-                "rare_class": {"id": cls, "name": CLASSES[cls]},
+                "rare_class": None if cls is None else {"id": cls, "name": CLASSES[cls]},
                 "prompt": make_prompt(present, weather),
                 "prompt_kind": kind,
                 "weather": weather,
                 "classes": [CLASSES[c] for c in present],
                 "class_ids": present,
-                "rare_share": round(share, 6),
+                "rare_share": None if share is None else round(share, 6),
             }
         )
     atomic_write_text(out_jsonl, "".join(json.dumps(r) + "\n" for r in rows))
@@ -270,6 +304,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rcs-min-pixels", type=int, default=contract.DEFAULT_RCS_MIN_PIXELS)
     p.add_argument("--weather", type=parse_schedule, default=dict(DEFAULT_WEATHER_SCHEDULE), help="prompt schedule, e.g. adverse=3000,night=1000,plain=3000")
     p.add_argument("--adverse-words", default=",".join(ADVERSE_WORDS), help="weather words of adverse prompts (default excludes sunny)")
+    p.add_argument("--sampling", choices=LAYOUT_SAMPLING, default="rcs", help="rcs: crops centred on RCS-drawn rare classes (paper); uniform: random image and crop (ablation)")
     p.add_argument("--split", default="train")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=_run)
@@ -289,4 +324,5 @@ def _run(args: argparse.Namespace) -> None:
         seed=args.seed,
         split=args.split,
         adverse_words=tuple(w.strip() for w in args.adverse_words.split(",") if w.strip()),
+        sampling=args.sampling,
     )

@@ -88,6 +88,18 @@ def caption_words(captions: list[str]) -> list[str]:
     return list(words)
 
 
+def _apply_merges(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Byte-pair encoding of one word's symbols: repeatedly merge the best-ranked adjacent pair."""
+    symbols = list(symbols)
+    while len(symbols) > 1:
+        pairs = [(ranks.get(pair, len(ranks)), i) for i, pair in enumerate(zip(symbols, symbols[1:]))]
+        rank, i = min(pairs)
+        if rank == len(ranks):
+            break
+        symbols[i : i + 2] = [symbols[i] + symbols[i + 1]]
+    return symbols
+
+
 def build_tokenizer(words: list[str], folder: Path, max_tokens: int):
     """A CLIPTokenizer built offline whose BPE merges spell every given word as one token.
 
@@ -107,19 +119,23 @@ def build_tokenizer(words: list[str], folder: Path, max_tokens: int):
     for char in alphabet:
         add(char)
         add(char + "</w>")
-    merges: dict[str, None] = {}
+    ranks: dict[tuple[str, str], int] = {}
     for word in words:
         symbols = list(word)
         symbols[-1] += "</w>"
-        current = symbols[0]
-        for symbol in symbols[1:]:
-            merges[f"{current} {symbol}"] = None
-            current += symbol
+        # Merges added for earlier words apply first (BPE goes by rank), so a new word may
+        # already be partly merged, e.g. "street" into s|tr|e|e|t after "traffic": chain
+        # whatever pieces remain, left to right, into the whole word.
+        pieces = _apply_merges(symbols, ranks)
+        current = pieces[0]
+        for piece in pieces[1:]:
+            ranks.setdefault((current, piece), len(ranks))
+            current += piece
             add(current)
     for token in SPECIAL_TOKENS:
         add(token)
     (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{m}\n" for m in merges))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in ranks))
     tokenizer = CLIPTokenizer(
         str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=max_tokens, pad_token="<|endoftext|>"
     )

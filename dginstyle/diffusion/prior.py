@@ -29,6 +29,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from dginstyle.diffusion.layouts import prompt_vocabulary
 from dginstyle.io import DataError, atomic_write_bytes, atomic_write_json, fresh_staging_dir, replace_dir
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ PRIOR_SPEC = dict(
     text_hidden=64,
     text_layers=2,
     text_heads=4,
-    max_tokens=32,
+    max_tokens=77,  # CLIP's context: the longest generation prompt (all 19 classes + weather) fits
     norm_groups=16,
 )
 
@@ -451,7 +452,8 @@ def pretrain_prior(
 
     seed_everything(seed)
     tokenizer_dir = checkpoints / "tokenizer"
-    components = models.tiny_components(spec, captions, resolution, tokenizer_dir, seed=seed)
+    # The vocabulary covers the corpus captions and every word of the generation prompts.
+    components = models.tiny_components(spec, captions + prompt_vocabulary(), resolution, tokenizer_dir, seed=seed)
     for name in ("vae", "text_encoder", "unet"):
         components[name].to(dev)
 
@@ -602,14 +604,18 @@ def sync_shipped_prior(dest: Path, request: dict) -> str:
         return json.loads(path.read_text()) if path.is_file() else {}
 
     dest = Path(dest)
+    source = shipped_prior_path()
+    sums_file = source / "SHA256SUMS"
+    shipped_sums = sums_file.read_text() if sums_file.is_file() else None
     if dest.exists():
         metadata = read_metadata(dest)
         if metadata.get("installed_from_shipped") and metadata.get("request") != request:
             shutil.rmtree(dest)
             return "removed"
-        if dest.exists():
+        if metadata.get("installed_from_shipped") and metadata.get("shipped_sums") != shipped_sums:
+            shutil.rmtree(dest)  # the package ships another prior now: install that one below
+        else:
             return "kept"
-    source = shipped_prior_path()
     if not (source / "dginstyle.json").is_file():
         return "absent"
     metadata = read_metadata(source)
@@ -620,7 +626,7 @@ def sync_shipped_prior(dest: Path, request: dict) -> str:
     verify_shipped_prior(source)
     staging = fresh_staging_dir(dest)
     shutil.copytree(source, staging, dirs_exist_ok=True)
-    atomic_write_json(staging / "dginstyle.json", {**metadata, "installed_from_shipped": True, "request": request})
+    atomic_write_json(staging / "dginstyle.json", {**metadata, "installed_from_shipped": True, "request": request, "shipped_sums": shipped_sums})
     replace_dir(staging, dest)
     return "installed"
 

@@ -53,7 +53,7 @@ def load_run(run: Path, *, window: tuple[int, int] | None = None, stride: tuple[
     return model, cfg
 
 
-def _read_bgr(path: Path) -> np.ndarray:
+def read_bgr(path: Path) -> np.ndarray:
     from PIL import Image
 
     try:
@@ -74,8 +74,8 @@ def _resize(image: np.ndarray, test_size: tuple[int, int] | None, keep_ratio: bo
     return mmcv.imresize(image, tuple(test_size), interpolation="bilinear")
 
 
-def predict(model, cfg, image_bgr: np.ndarray, out_hw: tuple[int, int], test_size=None, keep_ratio: bool = True) -> np.ndarray:
-    """(H, W) uint8 train-ID prediction of one BGR image, at `out_hw`."""
+def predict_logits(model, cfg, image_bgr: np.ndarray, out_hw: tuple[int, int], test_size=None, keep_ratio: bool = True):
+    """(1, C, H, W) float logits of one BGR image at `out_hw` (sliding-window inference)."""
     import torch
     import torch.nn.functional as F
 
@@ -93,6 +93,14 @@ def predict(model, cfg, image_bgr: np.ndarray, out_hw: tuple[int, int], test_siz
         logits = model.inference(x, [meta])
         if tuple(logits.shape[2:]) != tuple(out_hw):
             logits = F.interpolate(logits, size=tuple(out_hw), mode="bilinear", align_corners=False)
+    return logits
+
+
+def predict(model, cfg, image_bgr: np.ndarray, out_hw: tuple[int, int], test_size=None, keep_ratio: bool = True) -> np.ndarray:
+    """(H, W) uint8 train-ID prediction of one BGR image, at `out_hw`."""
+    import torch
+
+    logits = predict_logits(model, cfg, image_bgr, out_hw, test_size=test_size, keep_ratio=keep_ratio)
     return logits.argmax(dim=1)[0].to(torch.uint8).numpy()
 
 
@@ -134,7 +142,7 @@ def evaluate_segmentation(
     start = time.perf_counter()
     for stem, img_path, label_file in samples:
         label = read_label_png(label_file)
-        pred = predict(model, cfg, _read_bgr(img_path), label.shape, test_size=test_size, keep_ratio=keep_ratio)
+        pred = predict(model, cfg, read_bgr(img_path), label.shape, test_size=test_size, keep_ratio=keep_ratio)
         try:
             conf += confusion_matrix(pred, label)
         except ValueError as exc:
