@@ -6,7 +6,12 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# config.yaml (the miniature world) is the default; a config given with --configfile replaces it
+# instead of being merged into it, so no experiment, table or dataset of the default leaks into
+# a paper or smoke run.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
 report: "workflow/report/workflow.rst"
@@ -17,6 +22,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/generator.smk"
 include: "workflow/rules/generate.smk"
 include: "workflow/rules/segment.smk"
+include: "workflow/rules/tables.smk"
 
 
 rule all:
@@ -27,3 +33,5 @@ rule all:
         generated_shards(),
         "results/figures/style_swap.png",
         metrics_files(),
+        table_files(),
+        "results/figures/training_curves.png",

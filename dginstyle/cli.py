@@ -121,6 +121,79 @@ def _run_evaluate_predictions(args: argparse.Namespace) -> None:
     evaluate_prediction_folder(args.pred, args.dataset, args.split, args.out)
 
 
+def _seed_list(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers") from None
+
+
+def _add_make_table(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "make-table",
+        help="a paper table from metrics files, beside the reported numbers (.md, .csv, .tex)",
+        description=(
+            "Read <metrics>/<experiment>/seed<seed>/<target>.json for every row, seed and column of "
+            "the table spec and write <out-prefix>.md, .csv and .tex: mean and sample std over seeds, "
+            "the reported row and the difference under each row, and the provenance (config hash, "
+            "software versions, date, metric files)."
+        ),
+    )
+    p.add_argument("--spec", required=True, help="one table spec (config 'tables.<name>'): a JSON/YAML file, or an inline JSON object")
+    p.add_argument("--metrics", required=True, type=Path, help="metrics folder (results/metrics)")
+    p.add_argument("--out-prefix", required=True, type=Path, help="output path without suffix (results/tables/<name>)")
+    p.add_argument("--name", help="table name (default: the out-prefix's file name)")
+    p.add_argument("--seeds", type=_seed_list, help="comma-separated seeds (default: the spec's 'seeds')")
+    p.add_argument("--config-hash", help="hash of the resolved config, recorded in the table")
+    p.add_argument("--reported", type=Path, help="reported-numbers YAML (default: the package's dginstyle/assets/reported.yaml)")
+    p.add_argument("--plot", type=Path, help="also write a grouped bar plot (ours vs reported) to this PNG")
+    p.set_defaults(handler=_run_make_table)
+
+
+def _run_make_table(args: argparse.Namespace) -> None:
+    from dginstyle.tables import run_cli
+
+    run_cli(args)
+
+
+def _add_training_curves(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "training-curves",
+        help="one PNG of the training curves: U^S, ControlNet, each segmentation run",
+        description="Loss curves of the generator stages (loss_curve.json) and of segmentation runs (train_log.jsonl).",
+    )
+    p.add_argument("--unet-source", type=Path, help="U^S folder (results/generator/unet_source)")
+    p.add_argument("--controlnet", type=Path, help="ControlNet folder (results/generator/controlnet)")
+    p.add_argument("--runs", type=Path, nargs="*", default=[], help="segmentation run folders (<experiment>/seed<k>)")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(handler=_run_training_curves)
+
+
+def _run_training_curves(args: argparse.Namespace) -> None:
+    from dginstyle.curves import training_curves
+
+    training_curves(args.out, args.unet_source, args.controlnet, args.runs)
+
+
+def _add_readme_results(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "readme-results",
+        help="write rendered tables and a figure into the README's results block",
+        description="Replace the text between the README's results markers with the given tables (.md) and figure.",
+    )
+    p.add_argument("--readme", type=Path, default=Path("README.md"))
+    p.add_argument("--tables", type=Path, nargs="+", required=True, help="rendered tables (results/tables/<name>.md)")
+    p.add_argument("--figure", type=Path, help="a figure to show (copied to --figure-out)")
+    p.add_argument("--figure-out", type=Path, help="committed path of the figure (default: --figure)")
+    p.set_defaults(handler=_run_readme_results)
+
+
+def _run_readme_results(args: argparse.Namespace) -> None:
+    from dginstyle.tables import readme_results_cli
+
+    readme_results_cli(args)
+
+
 # Stages whose modules need torch/diffusers: their `add_cli(sub)` is imported only when that
 # stage is the one being run, so `prepare` works in an environment without torch (envs/data.yaml)
 # and `dginstyle --help` answers at once.
@@ -134,7 +207,24 @@ HEAVY_STAGES = {
     "style-swap-figure": ("dginstyle.diffusion.figures", "the same layouts generated with U^S and with U^P under weather prompts"),
     "train-segmentation": ("dginstyle.segmentation.train", "train a DAFormer segmenter (MiT + DAFormer head) on source + generated data"),
     "evaluate": ("dginstyle.segmentation.evaluate", "mIoU of a trained segmentation run on a prepared dataset split (sliding window)"),
+    "quality-control": ("dginstyle.segmentation.quality_control", "filter a generated shard's labels where a source-trained segmenter disagrees"),
 }
+
+
+# Stages whose rules declare `gpu=1` (a test keeps this list and the rules in step). On a local
+# multi-GPU run each one claims a free device before it starts (dginstyle.devices).
+GPU_STAGES = frozenset(
+    {
+        "pretrain-prior",
+        "finetune-unet",
+        "train-controlnet",
+        "generate",
+        "style-swap-figure",
+        "train-segmentation",
+        "evaluate",
+        "quality-control",
+    }
+)
 
 
 def _requested_stage(argv: list[str]) -> str | None:
@@ -149,6 +239,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     _add_prepare(sub)
     _add_contact_sheet(sub)
     _add_evaluate_predictions(sub)
+    _add_make_table(sub)
+    _add_readme_results(sub)
+    _add_training_curves(sub)
     requested = _requested_stage(sys.argv[1:] if argv is None else argv)
     for name, (module, help_text) in HEAVY_STAGES.items():
         if name == requested:
@@ -165,9 +258,17 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    device = None
+    if args.command in GPU_STAGES:  # before the stage touches CUDA; held until this returns
+        from dginstyle.devices import claim_for_job
+
+        device = claim_for_job()
     try:
         args.handler(args)
     except DataError as exc:
         print(f"dginstyle {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if device is not None:
+            device.release()
     return 0

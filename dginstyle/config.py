@@ -18,6 +18,9 @@ import yaml
 from dginstyle.data.layouts import layout_problems
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+# The `tables:` key's schema lives with the table code (dginstyle/assets), which checks a table
+# spec given straight to `dginstyle make-table` against the same file.
+TABLES_SCHEMA_PATH = Path(__file__).resolve().parent / "assets" / "tables.schema.yaml"
 
 
 class ConfigError(ValueError):
@@ -61,6 +64,7 @@ def _describe(error: jsonschema.ValidationError) -> str:
 def validate_config(config: dict, schema_path: Path = SCHEMA_PATH, check_roots: bool = True) -> dict:
     """Validate `config` in place (defaults filled) and return it; raise ConfigError otherwise."""
     schema = yaml.safe_load(Path(schema_path).read_text())
+    schema["properties"]["tables"] = yaml.safe_load(TABLES_SCHEMA_PATH.read_text())["tables"]
     validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(list(e.absolute_path)), str(e.absolute_path)))
     if errors:
@@ -99,6 +103,21 @@ def _check_references(config: dict) -> None:
         data = experiment["data"]
         if data != "source" and data not in config.get("generated_sets", {}):
             raise ConfigError(f"config key 'experiments.{name}.data': {data!r} is neither 'source' nor a generated set (defined under 'generated_sets': {', '.join(sorted(config.get('generated_sets', {})))})")
+    qc_users = [name for name, experiment in config.get("experiments", {}).items() if experiment.get("quality_control")]
+    segmenter = config.get("quality_control", {}).get("segmenter")
+    if qc_users and not segmenter:
+        raise ConfigError(f"config key 'quality_control.segmenter': experiment {qc_users[0]!r} asks for quality control; name the source-only experiment whose run filters the labels")
+    if segmenter and config.get("experiments", {}).get(segmenter, {}).get("data") != "source":
+        raise ConfigError(f"config key 'quality_control.segmenter': {segmenter!r} is not an experiment trained on the source alone (data: source)")
+    for name in qc_users:
+        if config["experiments"][name]["data"] == "source":
+            raise ConfigError(f"config key 'experiments.{name}.quality_control': quality control filters generated data; this experiment trains on the source alone")
+    if "tables" in config:
+        from dginstyle.tables import table_reference_problems
+
+        problems = table_reference_problems(config)
+        if problems:
+            raise ConfigError(problems[0])
     for name in config.get("evaluation", {}).get("test_sizes", {}):
         if name not in config["targets"]:
             raise ConfigError(f"config key 'evaluation.test_sizes.{name}': {name!r} is not a target ({', '.join(config['targets'])})")

@@ -9,7 +9,7 @@ import pytest
 
 from dginstyle.cli import HEAVY_STAGES, build_parser
 
-LIGHT_STAGES = ["prepare", "contact-sheet", "evaluate-predictions"]
+LIGHT_STAGES = ["prepare", "contact-sheet", "evaluate-predictions", "make-table", "readme-results", "training-curves"]
 
 
 @pytest.mark.parametrize("stage", LIGHT_STAGES + sorted(HEAVY_STAGES))

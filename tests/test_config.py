@@ -25,7 +25,8 @@ def load(name: str) -> dict:
 @pytest.mark.parametrize("name", ["default", "smoke"])
 def test_shipped_miniature_configs_validate_and_fill_defaults(name):
     config = validate_config(load(name))
-    assert config["generated_sets"]["dginstyle"] == {"generator": "plain", "mode": "mrlf"}
+    assert config["generated_sets"]["dginstyle"] == {"generator": "plain", "mode": "mrlf", "layouts": "rcs", "weather_prompts": True}
+    assert config["experiments"]["dginstyle"]["quality_control"] is False
     assert config["generation"]["guidance_scale"] == 7.5  # paper default filled in
     assert config["generation"]["weather_schedule"] == {"adverse": 3000, "night": 1000, "plain": 3000}
     assert config["prior"]["corpus"] in used_datasets(config)
@@ -157,3 +158,40 @@ def test_test_size_for_a_dataset_that_is_not_a_target():
     config = load("smoke")
     config["evaluation"] = {"test_sizes": {"mini_gta5": [64, 32]}}
     expect_error(config, "evaluation.test_sizes.mini_gta5", "not a target")
+
+
+def test_quality_control_needs_a_source_only_segmenter():
+    config = load("default")
+    config["quality_control"]["segmenter"] = None
+    with pytest.raises(ConfigError, match="'quality_control.segmenter'.*with_qc"):
+        validate_config(config)
+    config = load("default")
+    config["quality_control"]["segmenter"] = "dginstyle"
+    with pytest.raises(ConfigError, match="'quality_control.segmenter': 'dginstyle' is not an experiment trained on the source alone"):
+        validate_config(config)
+    config = load("default")
+    config["experiments"]["source_only"]["quality_control"] = True
+    with pytest.raises(ConfigError, match="'experiments.source_only.quality_control'"):
+        validate_config(config)
+
+
+def test_a_table_naming_an_unknown_experiment_or_target_is_refused():
+    config = load("default")
+    config["tables"]["main"]["rows"].append({"experiment": "hrda"})
+    with pytest.raises(ConfigError, match=r"'tables.main.rows\[2\].experiment': unknown experiment 'hrda'"):
+        validate_config(config)
+    config = load("default")
+    config["tables"]["ablation"]["columns"] = [{"target": "mini_gta5"}]
+    with pytest.raises(ConfigError, match=r"'tables.ablation.columns\[0\].target'"):
+        validate_config(config)
+    config = load("default")
+    config["tables"]["main"]["kind"] = "bar"
+    with pytest.raises(ConfigError, match="tables.main.kind"):
+        validate_config(config)
+
+
+def test_layout_and_weather_ablation_keys_are_checked():
+    config = load("default")
+    config["generated_sets"]["no_rcs"]["layouts"] = "random"
+    with pytest.raises(ConfigError, match="generated_sets.no_rcs.layouts"):
+        validate_config(config)

@@ -64,9 +64,13 @@ def test_dry_run_of_default_config_plans_every_dataset(tmp_path):
     assert "pretrain_prior" not in jobs
     assert jobs["prepare_dataset"] == 6
     assert jobs["contact_sheet"] == 6
-    assert jobs["generate"] == 2 and jobs["style_swap"] == 2  # plain, and no_swap for the figure
-    assert jobs["train_segmentation"] == 2 * 3  # source-only and DGInStyle, three seeds
-    assert jobs["evaluate"] == 2 * 3 * 5  # ... on five targets
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    sets, experiments = len(config["generated_sets"]), len(config["experiments"])
+    assert jobs["generate"] == 2 * sets and jobs["style_swap"] == 2  # plain, and no_swap (ablation and figure)
+    assert jobs["quality_control"] == 2  # the with_qc row filters the dginstyle shards
+    assert jobs["train_segmentation"] == experiments * 3  # every table row, three seeds
+    assert jobs["evaluate"] == experiments * 3 * 5  # ... on five targets
+    assert jobs["table"] == len(config["tables"]) == 3
 
 
 def test_forcerun_pretrain_prior_retrains_from_its_corpus(tmp_path):
@@ -119,12 +123,58 @@ def test_paper_dry_run_against_fake_dataset_trees(tmp_path):
     # SD 1.5 is the prior: nothing trains one; the plan is generated in 28 parallel shards.
     assert "pretrain_prior" not in jobs
     assert jobs["finetune_unet"] == 1 and jobs["train_controlnet"] == 1 and jobs["style_swap"] == 2
-    assert jobs["generate"] == config["generation"]["shards"] == 28
+    assert config["generation"]["shards"] == 28
+    assert jobs["generate"] == len(config["generated_sets"]) * 28
     assert "--prior runwayml/stable-diffusion-v1-5" in result.stdout
-    assert jobs["train_segmentation"] == 2 * 3 and jobs["evaluate"] == 2 * 3 * 5
+    experiments = len(config["experiments"])
+    assert jobs["train_segmentation"] == experiments * 3 and jobs["evaluate"] == experiments * 3 * 5
     assert "--model daformer_mitb5" in result.stdout and "--source-resize 1280x720" in result.stdout
     assert "--test-size 960x540" in result.stdout and "--test-size 1024x512" in result.stdout
     assert "--root" in result.stdout and str(tmp_path / "data" / "gta5") in result.stdout
+
+
+def paper_config_on_fake_trees(tmp_path: Path) -> Path:
+    config = yaml.safe_load(PAPER.read_text())
+    for name, entry in config["datasets"].items():
+        root = tmp_path / "data" / name
+        make_tree(entry["format"], root, count=3, names_only=True)
+        entry["root"] = str(root)
+    return write_config(tmp_path / "paper.yaml", config)
+
+
+@pytest.mark.parametrize("table", ["main", "ablation", "per_class"])
+def test_a_paper_table_plans_exactly_the_runs_it_needs(tmp_path, table):
+    configfile = paper_config_on_fake_trees(tmp_path)
+    config = yaml.safe_load(configfile.read_text())
+    spec = config["tables"][table]
+    result = snakemake(f"results/tables/{table}.md", "-n", "--cores", "2", "--configfile", str(configfile), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    jobs = planned_jobs(result)
+    rows = {row["experiment"] for row in spec["rows"]}
+    targets = {col["target"] for col in spec["columns"]}
+    seeds = config["segmentation"]["seeds"]
+    qc = any(config["experiments"][r].get("quality_control") for r in rows)
+    # the QC segmenter is the first seed of source_only: trained anyway when source_only is a row
+    extra_runs = 1 if qc and "source_only" not in rows else 0
+    assert jobs["table"] == 1
+    assert jobs["train_segmentation"] == len(rows) * len(seeds) + extra_runs
+    assert jobs["evaluate"] == len(rows) * len(seeds) * len(targets)
+    sets = {config["experiments"][r]["data"] for r in rows} - {"source"}
+    assert jobs.get("generate", 0) == len(sets) * config["generation"]["shards"]
+    assert jobs.get("quality_control", 0) == (config["generation"]["shards"] if qc else 0)
+    # datasets: the source, the prior (none: SD 1.5) and only the targets the table has
+    assert jobs["prepare_dataset"] == 1 + len(targets)
+
+
+def test_a_given_configfile_replaces_the_default_config(tmp_path):
+    # The default config.yaml defines experiments and tables the smoke config lacks: none may
+    # leak into a smoke run (Snakemake would merge them by default).
+    result = snakemake("-n", "--cores", "1", "--configfile", str(SMOKE), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    jobs = planned_jobs(result)
+    config = yaml.safe_load(SMOKE.read_text())
+    assert jobs["train_segmentation"] == len(config["experiments"]) * len(config["segmentation"]["seeds"])
+    assert jobs["table"] == len(config["tables"])
 
 
 @pytest.mark.slow
@@ -175,6 +225,22 @@ def test_smoke_run_executes_every_stage(tmp_path):
             for target in config["targets"]:
                 metrics = json.loads((results / "metrics" / experiment / f"seed{seed}" / f"{target}.json").read_text())
                 assert 0 <= metrics["mIoU"] <= 1 and metrics["num_images"] == config["datasets"][target]["splits"]["val"]
+    # The ablation set: no-swap generator, plain sampling, uniform crops, class-list prompts only.
+    ablation_plan = [json.loads(line) for line in (results / "generated" / "ablation" / "plan.jsonl").read_text().splitlines()]
+    assert all(row["rare_class"] is None and row["prompt_kind"] == "plain" for row in ablation_plan)
+    # Quality control: the with_qc runs trained on filtered copies of the dginstyle shards.
+    for shard in range(config["generation"]["shards"]):
+        qc = json.loads((results / "generated" / "dginstyle" / "qc" / f"shard{shard}" / "quality_control.json").read_text())
+        assert qc["mode"] == "pixel" and 0 <= qc["filtered_fraction"] <= 1
+    with_qc = json.loads((results / "segmentation" / "with_qc" / "seed0" / "metadata.json").read_text())
+    assert with_qc["generated"] and all("/qc/shard" in shard for shard in with_qc["generated"])
+    # Tables and the training curves.
+    for table in config["tables"]:
+        for ext in ("md", "csv", "tex", "png"):
+            assert (results / "tables" / f"{table}.{ext}").stat().st_size > 0
+    main_table = (results / "tables" / "main.md").read_text()
+    assert all(row["experiment"] in main_table for row in config["tables"]["main"]["rows"])
+    assert (results / "figures" / "training_curves.png").stat().st_size > 0
     # Nothing left to do on a rerun: the outputs are complete and cached.
     rerun = snakemake("-n", "--cores", "2", "--configfile", str(SMOKE), cwd=tmp_path)
     assert rerun.returncode == 0

@@ -3,15 +3,31 @@
 
 import shlex
 import sys
+import tempfile
 
 # The package lives beside this Snakefile. Make it importable here (config validation) and
 # in every job, whichever environment runs the job (a conda env from envs/ need not install
 # it). The prefix keeps Snakemake's default bash strict mode; it is formatted like a
 # shell command, hence the doubled braces.
 sys.path.insert(0, workflow.basedir)
+
+
+def gpu_lock_folder():
+    """Local multi-GPU runs (workflow/profiles/local-gpu): when a local run caps `gpu`
+    (`--resources gpu=N`), every GPU stage takes a free device through a lock file in this
+    machine-wide folder (dginstyle/devices.py), since Snakemake only counts GPUs. None
+    otherwise; on SLURM the scheduler assigns devices."""
+    cap = workflow.global_resources.get("gpu")
+    if workflow.local_exec and cap is not None and getattr(cap, "value", cap):
+        return f"{tempfile.gettempdir()}/dginstyle-gpu-locks"
+    return None
+
+
+GPU_LOCKS = gpu_lock_folder()
 shell.prefix(
     "set -euo pipefail; "
     f"export PYTHONPATH={shlex.quote(workflow.basedir)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+    + (f"export DGINSTYLE_GPU_LOCKS={shlex.quote(GPU_LOCKS)}; " if GPU_LOCKS else "")
 )
 
 from dginstyle.config import ConfigError, used_datasets, validate_config
@@ -138,9 +154,17 @@ def prior_corpus_spec():
     }
 
 
-def weather_schedule_argument():
+def weather_schedule_argument(wildcards):
+    """The prompt schedule of a generated set: the configured one, or plain class-list
+    prompts only for a set without weather prompts (ablation)."""
+    if not config["generated_sets"][wildcards.gen]["weather_prompts"]:
+        return "plain=1"
     schedule = config["generation"]["weather_schedule"]
     return ",".join(f"{kind}={share}" for kind, share in schedule.items())
+
+
+def layout_sampling(wildcards):
+    return config["generated_sets"][wildcards.gen]["layouts"]
 
 
 def generated_set_mode(wildcards):
@@ -176,11 +200,26 @@ wildcard_constraints:
 
 
 def training_shards(wildcards):
-    """The generated shards an experiment trains on besides the source (none for source-only)."""
-    data = config["experiments"][wildcards.experiment]["data"]
-    if data == "source":
+    """The generated shards an experiment trains on besides the source (none for source-only);
+    their quality-controlled copies where the experiment asks for quality control."""
+    experiment = config["experiments"][wildcards.experiment]
+    if experiment["data"] == "source":
         return []
-    return expand("results/generated/{gen}/shard{shard}", gen=data, shard=SHARDS)
+    folder = "qc/shard" if experiment["quality_control"] else "shard"
+    return expand(
+        "results/generated/{gen}/{folder}{shard}",
+        gen=experiment["data"],
+        folder=folder,
+        shard=SHARDS,
+    )
+
+
+def quality_control_segmenter(wildcards):
+    """The run that filters generated labels: the first seed of the configured source-only
+    experiment (a run the tables need anyway, so quality control costs no extra training).
+    """
+    name = config["quality_control"]["segmenter"]
+    return f"results/segmentation/{name}/seed{SEEDS[0]}"
 
 
 def segmentation_options():
@@ -207,4 +246,34 @@ def metrics_files():
         experiment=EXPERIMENTS,
         seed=SEEDS,
         target=config["targets"],
+    )
+
+
+# ----------------------------------------------------------------------------- tables
+
+import json
+
+from dginstyle.config import config_hash
+from dginstyle.tables import needed_metrics, spec_seeds
+
+TABLES = list(config.get("tables", {}))
+
+
+wildcard_constraints:
+    table="|".join(TABLES) if TABLES else "(?!)",
+
+
+def table_seeds(name):
+    return spec_seeds(config["tables"][name], config["segmentation"]["seeds"])
+
+
+def table_metrics(wildcards):
+    """The metrics files of every (row, seed, column) cell of one table."""
+    spec = config["tables"][wildcards.table]
+    return list(needed_metrics(spec, table_seeds(wildcards.table)).values())
+
+
+def table_files():
+    return expand(
+        "results/tables/{table}.{ext}", table=TABLES, ext=["md", "csv", "tex", "png"]
     )

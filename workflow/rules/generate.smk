@@ -19,13 +19,15 @@ rule select_layouts:
         hp=config["generation"],
         rcs_temperature=config["controlnet"]["rcs_temperature"],
         rcs_min_pixels=config["controlnet"]["rcs_min_pixels"],
-        weather=weather_schedule_argument(),
+        weather=weather_schedule_argument,
+        sampling=layout_sampling,
     shell:
         "python -m dginstyle select-layouts --source {input.source} --out {output}"
         " --num-pairs {params.hp[num_pairs]} --crop-size {params.hp[crop_size]}"
         " --crop-tries {params.hp[crop_tries]} --crop-min-share {params.hp[crop_min_share]}"
         " --rcs-temperature {params.rcs_temperature} --rcs-min-pixels {params.rcs_min_pixels}"
-        " --weather {params.weather} --seed {params.hp[seed]} > {log} 2>&1"
+        " --weather {params.weather} --sampling {params.sampling} --seed {params.hp[seed]}"
+        " > {log} 2>&1"
 
 
 rule generate:
@@ -34,7 +36,14 @@ rule generate:
         plan="results/generated/{gen}/plan.jsonl",
         source=f"results/datasets/{config['source']}",
     output:
-        directory("results/generated/{gen}/shard{shard}"),
+        report(
+            directory("results/generated/{gen}/shard{shard}"),
+            patterns=["contact_sheet.png"],
+            caption="../report/generated_shard.rst",
+            category="Generated data",
+            subcategory="{gen}",
+            labels={"set": "{gen}", "shard": "{shard}"},
+        ),
     log:
         "results/logs/generate/{gen}/shard{shard}.log",
     benchmark:

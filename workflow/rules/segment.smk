@@ -56,3 +56,25 @@ rule evaluate:
     shell:
         "python -m dginstyle evaluate --run {input.run} --dataset {input.dataset}"
         " --split {params.split} --out {output} {params.test_size} > {log} 2>&1"
+
+
+rule quality_control:
+    input:
+        shard="results/generated/{gen}/shard{shard}",
+        segmenter=quality_control_segmenter,
+    output:
+        directory("results/generated/{gen}/qc/shard{shard}"),
+    log:
+        "results/logs/quality_control/{gen}/shard{shard}.log",
+    conda:
+        "../../envs/segmentation.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=120,
+        gpu=1,
+    params:
+        hp=config["quality_control"],
+    shell:
+        "python -m dginstyle quality-control --shard {input.shard} --run {input.segmenter}"
+        " --out {output} --mode {params.hp[mode]} --threshold {params.hp[threshold]} > {log} 2>&1"
