@@ -170,8 +170,9 @@ class SlurmCluster:
 
     def _write_etc(self, name: str, text: str) -> None:
         path = ETC / name
-        if path not in self.backups:
-            self.backups[path] = path.read_bytes() if path.exists() else None
+        if path not in self.backups:  # put back at stop; a leftover of an earlier test run goes
+            keep = path.exists() and MARK not in path.read_text(errors="replace")
+            self.backups[path] = path.read_bytes() if keep else None
         ETC.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
 

@@ -192,6 +192,6 @@ def test_a_table_naming_an_unknown_experiment_or_target_is_refused():
 
 def test_layout_and_weather_ablation_keys_are_checked():
     config = load("default")
-    config["generated_sets"]["no_rcs"]["layouts"] = "random"
-    with pytest.raises(ConfigError, match="generated_sets.no_rcs.layouts"):
+    config["generated_sets"]["no_swap"]["layouts"] = "random"
+    with pytest.raises(ConfigError, match="generated_sets.no_swap.layouts"):
         validate_config(config)
