@@ -53,6 +53,15 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def sha256_file(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks (weights can be gigabytes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def encode_label_png(label: np.ndarray) -> bytes:
     """A (H, W) uint8 train-ID map as greyscale PNG bytes."""
     if label.dtype != np.uint8 or label.ndim != 2:

@@ -307,10 +307,6 @@ def make_provenance(config: Mapping | None = None, config_hash: str | None = Non
     return {"config_hash": config_hash or "not given", "date": date or _now(), "versions": software_versions()}
 
 
-def _sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 # --------------------------------------------------------------------------- the table
 
 
@@ -496,10 +492,12 @@ def build_table(
             diffs = [Cell(o.mean - r) if o.mean is not None and r is not None else Cell(None) for o, r in zip(ours, rep_values)]
             lines.append(Line("Δ ours − reported", "diff", experiment, key, diffs))
 
+    from dginstyle.io import sha256_file  # imports numpy and PIL: only when a table is built
+
     provenance.setdefault("config_hash", "not given")
     provenance.setdefault("date", _now())
     provenance.setdefault("versions", software_versions())
-    provenance["metric_files"] = [{"path": str(p), "sha256": _sha256_file(p)[:16]} for p in used]
+    provenance["metric_files"] = [{"path": str(p), "sha256": sha256_file(p)[:16]} for p in used]
     provenance["run_versions"] = _run_versions(cache.values())
     provenance["reported_file"] = {"path": str(reported.get("path", "(given in memory)")), "sha256": str(reported.get("sha256", ""))[:16]}
 
@@ -819,8 +817,7 @@ README_END = "<!-- results:end -->"
 
 def _table_body(markdown: str) -> str:
     """A rendered table's Markdown without its provenance block (the README links the files)."""
-    lines = markdown.rstrip().splitlines()
-    return "\n".join(lines).strip()
+    return markdown.split("\n**Provenance**", 1)[0].strip()
 
 
 def update_readme_results(readme: Path, tables: list[Path], figure: Path | None = None, figure_out: Path | None = None) -> str:

@@ -444,12 +444,13 @@ def test_readme_results_block_is_replaced_from_rendered_tables(tmp_path):
     readme.write_text(f"# Project\n\nintro\n\n{README_START}\nold numbers\n{README_END}\n\n## Next\n")
     table = tmp_path / "results" / "tables" / "main.md"
     table.parent.mkdir(parents=True)
-    table.write_text("| method | A |\n|---|---|\n| ours | 12.3 ± 0.4 |\n")
+    table.write_text("| method | A |\n|---|---|\n| ours | 12.3 ± 0.4 |\n\n**Provenance**\n\n```\nconfig hash: abc\n```\n")
     figure = tmp_path / "results" / "fig.png"
     figure.write_bytes(b"png")
     update_readme_results(readme, [table], figure, tmp_path / "docs" / "fig.png")
     text = readme.read_text()
     assert "old numbers" not in text and "| ours | 12.3 ± 0.4 |" in text
+    assert "config hash: abc" not in text  # the provenance stays in the linked table file
     assert "![fig](docs/fig.png)" in text and (tmp_path / "docs" / "fig.png").read_bytes() == b"png"
     assert text.startswith("# Project\n\nintro\n\n") and text.endswith("## Next\n")
     # run twice: the same README

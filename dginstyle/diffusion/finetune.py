@@ -200,11 +200,11 @@ def model_fingerprint(path: Path) -> str:
     """What identifies a model input in a checkpoint's settings: the sha256 of its
     dginstyle.json (a folder this workflow made: its training record changes when it is
     retrained), else its source string (a model id or foreign folder)."""
-    import hashlib
+    from dginstyle.io import sha256_file
 
     record = Path(path) / "dginstyle.json"
     if record.is_file():
-        return hashlib.sha256(record.read_bytes()).hexdigest()[:16]
+        return sha256_file(record)[:16]
     return model_source(path)
 
 

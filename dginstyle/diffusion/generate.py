@@ -29,7 +29,6 @@ settings give identical labels and rows, and identical images on the same device
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import logging
@@ -49,7 +48,7 @@ from dginstyle.diffusion import models
 from dginstyle.diffusion.layouts import crop_of, read_plan
 from dginstyle.diffusion.style_swap import load_generator
 from dginstyle.diffusion.mrlf import FUSION_TIMESTEPS, MODES, MRLFSettings, generate_image, vae_downsample
-from dginstyle.io import DataError, atomic_write_bytes, atomic_write_json, encode_label_png, encode_rgb_png, read_label_png, replace_dir
+from dginstyle.io import DataError, atomic_write_bytes, atomic_write_json, encode_label_png, encode_rgb_png, read_label_png, replace_dir, sha256_file
 from dginstyle.labels import colorize
 
 log = logging.getLogger(__name__)
@@ -188,10 +187,6 @@ def shard_rows(rows: list[dict], shard: int, num_shards: int) -> list[dict]:
     return sorted((r for r in rows if int(r["id"]) % num_shards == shard), key=lambda r: int(r["id"]))
 
 
-def _sha256_file(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def generate_shard(
     generator: Path,
     plan: Path,
@@ -226,7 +221,7 @@ def generate_shard(
     config = {
         "generator": str(generator.resolve()),
         "plan": str(plan.resolve()),
-        "plan_sha256": _sha256_file(plan),
+        "plan_sha256": sha256_file(plan),
         "source": str(source.resolve()),
         "shard": shard,
         "num_shards": num_shards,
@@ -296,8 +291,8 @@ def generate_shard(
         "pairs": len(final_rows),
         "ids": [r["id"] for r in final_rows],
         "dginstyle_version": __version__,
-        "label_sha256": {str(r["id"]): _sha256_file(work / "labels" / f"{r['id']}.png") for r in final_rows},
-        "image_sha256": {str(r["id"]): _sha256_file(work / "images" / f"{r['id']}.png") for r in final_rows},
+        "label_sha256": {str(r["id"]): sha256_file(work / "labels" / f"{r['id']}.png") for r in final_rows},
+        "image_sha256": {str(r["id"]): sha256_file(work / "images" / f"{r['id']}.png") for r in final_rows},
     }
     (work / RUN).unlink()
     atomic_write_json(work / MANIFEST, manifest)

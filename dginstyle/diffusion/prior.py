@@ -30,7 +30,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from dginstyle.diffusion.layouts import prompt_vocabulary
-from dginstyle.io import DataError, atomic_write_bytes, atomic_write_json, fresh_staging_dir, replace_dir
+from dginstyle.io import DataError, atomic_write_bytes, atomic_write_json, fresh_staging_dir, replace_dir, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -526,14 +526,6 @@ def shipped_prior_path() -> Path:
     return Path(__file__).resolve().parent.parent / "assets" / "prior"
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify_shipped_prior(folder: Path | None = None) -> None:
     """Check every weight file of the shipped prior against SHA256SUMS; DataError naming the file."""
     folder = Path(folder) if folder is not None else shipped_prior_path()
@@ -552,7 +544,7 @@ def verify_shipped_prior(folder: Path | None = None) -> None:
         path = folder / name
         if not path.is_file():
             raise DataError(f"{path}: missing from the shipped prior")
-        actual = _sha256_file(path)
+        actual = sha256_file(path)
         if actual != digest:
             raise DataError(f"{path}: sha256 {actual} does not match the recorded {digest} (corrupt or modified weights)")
 
@@ -653,7 +645,7 @@ def export_shipped(pipeline: Path, dest: Path, half: bool = True) -> dict[str, s
             if half:
                 tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
             save_file(tensors, target, metadata={"format": "pt"})
-            sums[rel] = _sha256_file(target)
+            sums[rel] = sha256_file(target)
         elif path.suffix in (".json", ".txt"):
             shutil.copyfile(path, target)
     (dest / "SHA256SUMS").write_text("".join(f"{digest}  {rel}\n" for rel, digest in sorted(sums.items())))

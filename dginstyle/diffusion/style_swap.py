@@ -16,11 +16,10 @@ naming the variant, the inputs with their metadata and steps, and a sha256 of ev
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 from pathlib import Path
 
-from dginstyle.io import DataError
+from dginstyle.io import DataError, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -120,14 +119,7 @@ def rebase_controlnet(controlnet, unet_p, unet_s, where: Path | str = "ControlNe
 
 def weight_hashes(folder: Path) -> dict[str, str]:
     """sha256 of every *.safetensors file under `folder`, by relative path."""
-    out = {}
-    for path in sorted(Path(folder).rglob("*.safetensors")):
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-        out[str(path.relative_to(folder))] = digest.hexdigest()
-    return out
+    return {str(path.relative_to(folder)): sha256_file(path) for path in sorted(Path(folder).rglob("*.safetensors"))}
 
 
 def load_generator(folder: Path | str, device=None, dtype=None) -> dict:
