@@ -221,12 +221,30 @@ def allow_mmengine_checkpoint_types() -> None:
 
 @contextlib.contextmanager
 def mmengine_checkpoint_types():
-    """Context manager form of `allow_mmengine_checkpoint_types` (restores the list on exit)."""
+    """Context manager form of `allow_mmengine_checkpoint_types` (restores the list on exit).
+
+    Only the types not yet allowed are added, and only those are removed on exit: torch's
+    `safe_globals` context removes every type it was given, which would undo an earlier
+    process-wide `allow_mmengine_checkpoint_types` (and break mmengine's own resume after it).
+    """
     _require_weights_only_default()
     import torch.serialization
 
-    with torch.serialization.safe_globals(mmengine_checkpoint_safe_globals()):
+    already = set(torch.serialization.get_safe_globals())
+    with torch.serialization.safe_globals([entry for entry in mmengine_checkpoint_safe_globals() if entry not in already]):
         yield
+
+
+def load_error_line(exc: BaseException) -> str:
+    """One line saying why torch.load refused or failed on a file, for a DataError message.
+
+    torch's weights-only refusal is several paragraphs whose first line advises re-running with
+    `weights_only=False`, exactly what must never be done here; the line that names the
+    offending global ("Trying to load unsupported GLOBAL posix.system ...") is the useful one.
+    """
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    named = [line for line in lines if "GLOBAL" in line or "global" in line]
+    return f"{exc.__class__.__name__}: {(named or lines or [''])[0]}"
 
 
 def check_inside_run_dir(path: str | os.PathLike, run_dir: str | os.PathLike) -> Path:
@@ -255,10 +273,9 @@ def load_trusted_checkpoint(path: str | os.PathLike, run_dir: str | os.PathLike,
         try:
             return torch.load(resolved, map_location=map_location, weights_only=True)
         except pickle.UnpicklingError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-            raise DataError(f"{path}: refused by the weights-only loader (holds objects outside the allowlist): {first}") from None
+            raise DataError(f"{path}: refused by the weights-only loader (holds objects outside the allowlist): {load_error_line(exc)}") from None
         except (RuntimeError, EOFError, OSError) as exc:
-            raise DataError(f"{path}: cannot read checkpoint ({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+            raise DataError(f"{path}: cannot read checkpoint ({load_error_line(exc)})") from None
 
 
 def save_weights(state_dict: dict, path: str | os.PathLike, metadata: dict | None = None) -> None:

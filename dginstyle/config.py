@@ -15,7 +15,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from dginstyle.data.layouts import layout_problems
+from dginstyle.data.layouts import default_splits, layout_problems
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
 # The `tables:` key's schema lives with the table code (dginstyle/assets), which checks a table
@@ -56,6 +56,13 @@ def _describe(error: jsonschema.ValidationError) -> str:
         return f"config key '{key}': unknown key (allowed here: {', '.join(allowed)})"
     if error.validator == "required":
         return f"config key '{where}': {error.message}"
+    if "propertyNames" in error.absolute_schema_path:
+        # Names of datasets, generated sets, experiments and tables become folder and file
+        # names under results/: "../x" or "a/b" would write outside the folder meant for them.
+        return (
+            f"config key '{where}': name {error.instance!r} is not allowed here: names become folder names "
+            f"under results/ and must match {error.schema.get('pattern', '')} (no '/', no '..')"
+        )
     expected = error.schema.get("description")
     hint = f" (expected: {expected})" if expected else ""
     return f"config key '{where}': {error.message}{hint}"
@@ -118,11 +125,34 @@ def _check_references(config: dict) -> None:
         problems = table_reference_problems(config)
         if problems:
             raise ConfigError(problems[0])
+    _check_splits(config)
     for name in config.get("evaluation", {}).get("test_sizes", {}):
         if name not in config["targets"]:
             raise ConfigError(f"config key 'evaluation.test_sizes.{name}': {name!r} is not a target ({', '.join(config['targets'])})")
     if corpus and config["prior"].get("model"):
         raise ConfigError("config keys 'prior.model' and 'prior.corpus': give a pretrained model or a corpus to train the tiny prior on, not both")
+
+
+def dataset_splits(entry: dict) -> list[str]:
+    """The splits a dataset entry prepares: minicity's named counts, or a real format's list."""
+    if entry["format"] == "minicity":
+        return list(entry["splits"])
+    return list(entry.get("splits") or default_splits(entry["format"]))
+
+
+def _check_splits(config: dict) -> None:
+    """The source must have a train split and every target the evaluation split, or the run
+    would fail only after the generator and the segmenters have been trained. The evaluation
+    split is also the one free string that becomes a path (labels/<split>/), so this check is
+    what keeps '..' out of it."""
+    datasets = config["datasets"]
+    source = config["source"]
+    if "train" not in dataset_splits(datasets[source]):
+        raise ConfigError(f"config key 'datasets.{source}': the source has no 'train' split (splits: {', '.join(dataset_splits(datasets[source]))})")
+    split = config.get("evaluation", {}).get("split", "val")
+    for name in config["targets"]:
+        if split not in dataset_splits(datasets[name]):
+            raise ConfigError(f"config key 'evaluation.split': target {name!r} has no split {split!r} (splits: {', '.join(dataset_splits(datasets[name]))})")
 
 
 def _check_dataset_roots(config: dict) -> None:

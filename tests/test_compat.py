@@ -293,6 +293,17 @@ def test_load_trusted_checkpoint(mmengine_run, empty_torch_allowlist):
     assert torch.serialization.get_safe_globals() == []
 
 
+def test_load_trusted_checkpoint_keeps_an_earlier_process_wide_allowlist(mmengine_run, empty_torch_allowlist):
+    """Training checks its resume checkpoint with load_trusted_checkpoint after allowlisting
+    and then lets mmengine load it: the check must not take the allowlist away (torch's own
+    `safe_globals` context would remove every type on exit)."""
+    compat.allow_mmengine_checkpoint_types()
+    allowed = torch.serialization.get_safe_globals()
+    compat.load_trusted_checkpoint(mmengine_run / "iter_4.pth", mmengine_run)
+    assert torch.serialization.get_safe_globals() == allowed
+    assert torch.load(mmengine_run / "iter_4.pth", map_location="cpu", weights_only=True)["meta"]["iter"] == 4
+
+
 def test_mmengine_load_checkpoint_and_resume_after_allowlisting(mmengine_run, tmp_path):
     from mmengine.runner import load_checkpoint
 

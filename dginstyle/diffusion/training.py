@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from dginstyle.compat import load_weights, save_weights
+from dginstyle.compat import load_error_line, load_weights, save_weights
 from dginstyle.io import DataError, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -215,11 +215,11 @@ def load_checkpoint(folder: Path, map_location: str | torch.device = "cpu") -> d
         try:
             optimizers[name] = torch.load(path, map_location=map_location, weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any failure means the file is not a usable checkpoint
-            raise DataError(f"{path}: cannot read optimizer state ({exc.__class__.__name__}: {exc})") from None
+            raise DataError(f"{path}: cannot read optimizer state ({load_error_line(exc)})") from None
     try:
         rng_state = torch.load(folder / "rng.pt", map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
-        raise DataError(f"{folder / 'rng.pt'}: cannot read RNG state ({exc.__class__.__name__}: {exc})") from None
+        raise DataError(f"{folder / 'rng.pt'}: cannot read RNG state ({load_error_line(exc)})") from None
     return {
         "step": int(state["step"]),
         "modules": modules,

@@ -137,7 +137,7 @@ def _load_pretrained(model, path: Path) -> None:
     """ImageNet-pretrained backbone weights: safetensors, or a plain state-dict .pth read weights-only."""
     import torch
 
-    from dginstyle.compat import load_weights
+    from dginstyle.compat import load_error_line, load_weights
 
     path = Path(path)
     if path.suffix == ".safetensors":
@@ -148,7 +148,7 @@ def _load_pretrained(model, path: Path) -> None:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise DataError(f"{path}: refused by the weights-only loader or unreadable ({exc.__class__.__name__})") from None
+            raise DataError(f"{path}: refused by the weights-only loader or unreadable ({load_error_line(exc)})") from None
         state = state.get("state_dict", state)
     state = {k.removeprefix("backbone."): v for k, v in state.items()}
     result = model.backbone.load_state_dict(state, strict=False)
@@ -193,7 +193,7 @@ def train_segmentation(
     """
     import torch
 
-    from dginstyle.compat import allow_mmengine_checkpoint_types, import_mmseg, save_weights
+    from dginstyle.compat import allow_mmengine_checkpoint_types, import_mmseg, load_trusted_checkpoint, save_weights
     from dginstyle.segmentation import register_modules
     from dginstyle.segmentation.configs import training_config
     from dginstyle.segmentation.datasets import generated_samples, prepared_samples
@@ -223,6 +223,10 @@ def train_segmentation(
     )  # fmt: skip
     if resume_from is not None:
         allow_mmengine_checkpoint_types()
+        # Read it once through our refusing loader before mmengine does: mmengine loads it
+        # weights-only too, but a foreign or tampered file would end in a traceback from deep
+        # inside runner.train(); this stops first with one line naming the file.
+        load_trusted_checkpoint(resume_from, work_dir)
         cfg.update(resume=True, load_from=str(resume_from))
     config = Config(cfg)
     runner = Runner.from_cfg(config)
