@@ -193,6 +193,23 @@ def test_evaluation_matches_saved_predictions(trained, world):
     assert result["mIoU"] == on_disk["mIoU"]
 
 
+def test_batched_prediction_equals_one_image_at_a_time(trained, world):
+    """Evaluation predicts images in batches; each image's logits must not depend on its batch."""
+    from dginstyle.segmentation.datasets import prepared_samples
+    from dginstyle.segmentation.evaluate import load_run, predict_logits, predict_logits_batch, read_bgr
+
+    _, _, target, _ = world
+    run, _, _ = trained
+    model, cfg = load_run(run)
+    images = [read_bgr(image) for _, image, _ in prepared_samples(target, "val")]
+    images.append(images[0][:, : images[0].shape[1] // 2 + 8])  # a narrower image: its own group
+    sizes = [(image.shape[0], image.shape[1]) for image in images]
+    batched = predict_logits_batch(model, cfg, images, sizes)
+    for image, size, logits in zip(images, sizes, batched):
+        assert logits.shape[2:] == size
+        np.testing.assert_allclose(logits.numpy(), predict_logits(model, cfg, image, size).numpy(), atol=1e-4)
+
+
 def test_checkpoint_outside_the_run_folder_is_refused(world, tmp_path):
     from dginstyle.segmentation.train import train_segmentation
 

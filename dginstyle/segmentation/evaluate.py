@@ -74,26 +74,52 @@ def _resize(image: np.ndarray, test_size: tuple[int, int] | None, keep_ratio: bo
     return mmcv.imresize(image, tuple(test_size), interpolation="bilinear")
 
 
-def predict_logits(model, cfg, image_bgr: np.ndarray, out_hw: tuple[int, int], test_size=None, keep_ratio: bool = True):
-    """(1, C, H, W) float logits of one BGR image at `out_hw` (sliding-window inference)."""
+def _normalise(cfg, resized_bgr: np.ndarray):
+    """[3, H, W] float tensor normalised as the run's data preprocessor does."""
     import torch
-    import torch.nn.functional as F
 
     pre = cfg.model.data_preprocessor
-    resized = _resize(image_bgr, test_size, keep_ratio)
-    x = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1).float()
+    x = torch.from_numpy(np.ascontiguousarray(resized_bgr)).permute(2, 0, 1).float()
     if pre.get("bgr_to_rgb", False):
         x = x[[2, 1, 0]]
     mean = torch.tensor(pre.mean, dtype=torch.float32).view(3, 1, 1)
     std = torch.tensor(pre.std, dtype=torch.float32).view(3, 1, 1)
-    x = ((x - mean) / std).unsqueeze(0)
-    h, w = x.shape[2:]
-    meta = dict(ori_shape=(h, w), img_shape=(h, w), pad_shape=(h, w), padding_size=[0, 0, 0, 0])
-    with torch.no_grad():
-        logits = model.inference(x, [meta])
-        if tuple(logits.shape[2:]) != tuple(out_hw):
-            logits = F.interpolate(logits, size=tuple(out_hw), mode="bilinear", align_corners=False)
-    return logits
+    return (x - mean) / std
+
+
+def predict_logits_batch(model, cfg, images_bgr: list[np.ndarray], out_hw: list[tuple[int, int]], test_size=None, keep_ratio: bool = True):
+    """Float logits [1, C, H_i, W_i] of each BGR image at its out_hw[i] (sliding-window inference).
+
+    Images that have the same size after resizing go through the network together: mmseg's
+    slide inference cuts the same windows from every image of a batch, so a batch of N costs
+    one forward per window instead of N (the tiny models are dominated by per-call overhead).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if len(images_bgr) != len(out_hw):
+        raise ValueError("one output size per image")
+    tensors = [_normalise(cfg, _resize(image, test_size, keep_ratio)) for image in images_bgr]
+    results: list = [None] * len(tensors)
+    by_shape: dict[tuple[int, int], list[int]] = {}
+    for i, x in enumerate(tensors):
+        by_shape.setdefault(tuple(x.shape[1:]), []).append(i)
+    for (h, w), members in by_shape.items():
+        batch = torch.stack([tensors[i] for i in members])
+        meta = dict(ori_shape=(h, w), img_shape=(h, w), pad_shape=(h, w), padding_size=[0, 0, 0, 0])
+        with torch.no_grad():
+            logits = model.inference(batch, [meta] * len(members))
+        for row, i in enumerate(members):
+            one = logits[row : row + 1]
+            if tuple(one.shape[2:]) != tuple(out_hw[i]):
+                one = F.interpolate(one, size=tuple(out_hw[i]), mode="bilinear", align_corners=False)
+            results[i] = one
+    return results
+
+
+def predict_logits(model, cfg, image_bgr: np.ndarray, out_hw: tuple[int, int], test_size=None, keep_ratio: bool = True):
+    """(1, C, H, W) float logits of one BGR image at `out_hw` (sliding-window inference)."""
+    return predict_logits_batch(model, cfg, [image_bgr], [out_hw], test_size=test_size, keep_ratio=keep_ratio)[0]
 
 
 def predict(model, cfg, image_bgr: np.ndarray, out_hw: tuple[int, int], test_size=None, keep_ratio: bool = True) -> np.ndarray:
@@ -102,6 +128,10 @@ def predict(model, cfg, image_bgr: np.ndarray, out_hw: tuple[int, int], test_siz
 
     logits = predict_logits(model, cfg, image_bgr, out_hw, test_size=test_size, keep_ratio=keep_ratio)
     return logits.argmax(dim=1)[0].to(torch.uint8).numpy()
+
+
+#: Images predicted together (same size after resizing). Memory: batch x window x classes logits.
+EVAL_BATCH = 16
 
 
 def evaluate_segmentation(
@@ -115,6 +145,7 @@ def evaluate_segmentation(
     window: tuple[int, int] | None = None,
     stride: tuple[int, int] | None = None,
     save_predictions: Path | None = None,
+    batch_size: int = EVAL_BATCH,
 ) -> dict:
     """Predict every image of `split` and write the metrics JSON; returns it.
 
@@ -140,15 +171,19 @@ def evaluate_segmentation(
     if save_predictions is not None:
         Path(save_predictions).mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    for stem, img_path, label_file in samples:
-        label = read_label_png(label_file)
-        pred = predict(model, cfg, read_bgr(img_path), label.shape, test_size=test_size, keep_ratio=keep_ratio)
-        try:
-            conf += confusion_matrix(pred, label)
-        except ValueError as exc:
-            raise DataError(f"{label_file}: {exc}") from None
-        if save_predictions is not None:
-            atomic_write_bytes(Path(save_predictions) / f"{stem}.png", encode_label_png(pred))
+    for first in range(0, len(samples), batch_size):
+        chunk = samples[first : first + batch_size]
+        labels = [read_label_png(label_file) for _, _, label_file in chunk]
+        images = [read_bgr(img_path) for _, img_path, _ in chunk]
+        logits = predict_logits_batch(model, cfg, images, [label.shape for label in labels], test_size=test_size, keep_ratio=keep_ratio)
+        for (stem, _, label_file), label, one in zip(chunk, labels, logits):
+            pred = one.argmax(dim=1)[0].to(torch.uint8).numpy()
+            try:
+                conf += confusion_matrix(pred, label)
+            except ValueError as exc:
+                raise DataError(f"{label_file}: {exc}") from None
+            if save_predictions is not None:
+                atomic_write_bytes(Path(save_predictions) / f"{stem}.png", encode_label_png(pred))
     seconds = time.perf_counter() - start
     result = {
         "dataset": manifest.get("dataset") or manifest.get("name") or dataset.name,
@@ -163,6 +198,7 @@ def evaluate_segmentation(
         "seconds": round(seconds, 3),
         "images_per_second": round(len(samples) / seconds, 4) if seconds > 0 else None,
         "threads": torch.get_num_threads(),
+        "batch_size": batch_size,
         "confusion_matrix": conf.tolist(),
     }
     atomic_write_json(out_json, result)

@@ -32,6 +32,8 @@ rule contact_sheet:
         ),
     log:
         "results/logs/contact_sheet/{dataset}.log",
+    benchmark:
+        "results/benchmarks/rules/contact_sheet/{dataset}.tsv",
     conda:
         "../../envs/data.yaml"
     threads: 1

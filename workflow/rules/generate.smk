@@ -9,6 +9,8 @@ rule select_layouts:
         "results/generated/{gen}/plan.jsonl",
     log:
         "results/logs/select_layouts/{gen}.log",
+    benchmark:
+        "results/benchmarks/rules/select_layouts/{gen}.tsv",
     conda:
         "../../envs/generation.yaml"
     threads: 1
@@ -82,6 +84,8 @@ rule style_swap_figure:
         ),
     log:
         "results/logs/style_swap_figure.log",
+    benchmark:
+        "results/benchmarks/rules/style_swap_figure.tsv",
     conda:
         "../../envs/generation.yaml"
     threads: 2

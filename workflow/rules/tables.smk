@@ -15,6 +15,8 @@ rule table:
         ),
     log:
         "results/logs/tables/{table}.log",
+    benchmark:
+        "results/benchmarks/rules/table/{table}.tsv",
     conda:
         "../../envs/data.yaml"
     threads: 1
@@ -48,6 +50,8 @@ rule training_curves:
         ),
     log:
         "results/logs/training_curves.log",
+    benchmark:
+        "results/benchmarks/rules/training_curves.tsv",
     conda:
         "../../envs/data.yaml"
     threads: 1
