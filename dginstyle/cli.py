@@ -205,9 +205,10 @@ HEAVY_STAGES = {
     "select-layouts": ("dginstyle.diffusion.layouts", "the generation plan: RCS-chosen source crops and their prompts (JSONL)"),
     "generate": ("dginstyle.diffusion.generate", "one shard of generated pairs (MRLF or plain) from a layout plan"),
     "style-swap-figure": ("dginstyle.diffusion.figures", "the same layouts generated with U^S and with U^P under weather prompts"),
-    "train-segmentation": ("dginstyle.segmentation.train", "train a DAFormer segmenter (MiT + DAFormer head) on source + generated data"),
+    "train-segmentation": ("dginstyle.segmentation.train", "train a segmenter (DAFormer, DeepLabV2, SegFormer) on source + generated data"),
     "evaluate": ("dginstyle.segmentation.evaluate", "mIoU of a trained segmentation run on a prepared dataset split (sliding window)"),
     "quality-control": ("dginstyle.segmentation.quality_control", "filter a generated shard's labels where a source-trained segmenter disagrees"),
+    "convert-pretrained": ("dginstyle.segmentation.pretrained", "public ImageNet MiT / ResNet checkpoint (.pth) -> our backbone keys (.safetensors)"),
 }
 
 

@@ -16,6 +16,7 @@ import jsonschema
 import yaml
 
 from dginstyle.data.layouts import default_splits, layout_problems
+from dginstyle.segmentation.catalog import BACKBONES, backbone_of
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
 # The `tables:` key's schema lives with the table code (dginstyle/assets), which checks a table
@@ -110,6 +111,7 @@ def _check_references(config: dict) -> None:
         data = experiment["data"]
         if data != "source" and data not in config.get("generated_sets", {}):
             raise ConfigError(f"config key 'experiments.{name}.data': {data!r} is neither 'source' nor a generated set (defined under 'generated_sets': {', '.join(sorted(config.get('generated_sets', {})))})")
+    _check_models(config)
     qc_users = [name for name, experiment in config.get("experiments", {}).items() if experiment.get("quality_control")]
     segmenter = config.get("quality_control", {}).get("segmenter")
     if qc_users and not segmenter:
@@ -131,6 +133,46 @@ def _check_references(config: dict) -> None:
             raise ConfigError(f"config key 'evaluation.test_sizes.{name}': {name!r} is not a target ({', '.join(config['targets'])})")
     if corpus and config["prior"].get("model"):
         raise ConfigError("config keys 'prior.model' and 'prior.corpus': give a pretrained model or a corpus to train the tiny prior on, not both")
+
+
+def _check_models(config: dict) -> None:
+    """Give every experiment its model (default: segmentation.model) and check that pretrained
+    weights, when configured, exist for the backbone of each experiment's model."""
+    segmentation = config.get("segmentation", {})
+    for experiment in config.get("experiments", {}).values():
+        experiment.setdefault("model", segmentation.get("model", "daformer_mitb5"))
+    pretrained = segmentation.get("pretrained")
+    if isinstance(pretrained, dict):
+        for backbone in pretrained:
+            if backbone not in BACKBONES:
+                raise ConfigError(f"config key 'segmentation.pretrained.{backbone}': not a backbone name (backbones: {', '.join(BACKBONES)})")
+    if not pretrained:
+        return
+    for name, experiment in config.get("experiments", {}).items():
+        try:
+            pretrained_weights(config, experiment["model"])
+        except KeyError:
+            backbone = backbone_of(experiment["model"])
+            raise ConfigError(
+                f"config key 'experiments.{name}.model': {experiment['model']} has backbone {backbone}, for which "
+                f"segmentation.pretrained names no weights; give them per backbone, e.g. "
+                f"pretrained: {{{backbone_of(segmentation['model'])}: ..., {backbone}: ...}} (null: train it from scratch)"
+            ) from None
+
+
+def pretrained_weights(config: dict, model: str) -> str | None:
+    """The pretrained backbone weights a run of `model` starts from (None: from scratch);
+    KeyError when segmentation.pretrained names weights but none for this model's backbone."""
+    segmentation = config["segmentation"]
+    pretrained = segmentation.get("pretrained")
+    if not pretrained:
+        return None
+    backbone = backbone_of(model)
+    if isinstance(pretrained, str):  # the weights of segmentation.model's backbone
+        if backbone != backbone_of(segmentation["model"]):
+            raise KeyError(backbone)
+        return pretrained
+    return pretrained[backbone]
 
 
 def dataset_splits(entry: dict) -> list[str]:

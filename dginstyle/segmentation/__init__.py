@@ -1,14 +1,18 @@
-"""Segmentation stages (mmsegmentation 1.x): DAFormer head, our dataset classes, training, evaluation.
+"""Segmentation stages (mmsegmentation 1.x): our heads, dataset classes, training, evaluation.
 
 Importing this package is light. `register_modules()` imports the modules that register
-classes in mmseg's registries (the DAFormer head and the dataset classes); the configs we
-write list the same modules under `custom_imports`, so `mmseg.apis.init_model(config.py)`
-finds them too.
+classes in mmseg's registries (the DAFormer and DeepLabV2 heads and the dataset classes); the
+configs we write list the same modules under `custom_imports`, so
+`mmseg.apis.init_model(config.py)` finds them too. The models by name: `catalog.py`.
 """
 
 from __future__ import annotations
 
-REGISTERED_MODULES = ("dginstyle.segmentation.daformer_head", "dginstyle.segmentation.datasets")
+REGISTERED_MODULES = (
+    "dginstyle.segmentation.daformer_head",
+    "dginstyle.segmentation.dlv2_head",
+    "dginstyle.segmentation.datasets",
+)
 
 
 def register_modules() -> None:

@@ -1,7 +1,8 @@
 """mmseg 1.x config dicts for our segmentation runs (plain dicts: no mmseg import needed).
 
-`model_config(name)` gives the EncoderDecoder (MiT backbone + DAFormer head); the pipelines
-follow method.md section 3; `training_config(...)` assembles the whole Runner config.
+`model_config(name)` gives the EncoderDecoder of a model of `catalog.MODELS_` (DAFormer,
+DeepLabV2 or SegFormer, each paper-size and tiny); the pipelines follow method.md section 3;
+`training_config(...)` assembles the whole Runner config.
 """
 
 from __future__ import annotations
@@ -10,50 +11,22 @@ from pathlib import Path
 
 from dginstyle.io import DataError
 from dginstyle.labels import IGNORE, NUM_CLASSES
+from dginstyle.segmentation import REGISTERED_MODULES
+from dginstyle.segmentation.catalog import BACKBONES, DEEPLABV2_DILATIONS, MODEL_NAMES, MODELS_
 
 IMAGENET_MEAN = [123.675, 116.28, 103.53]
 IMAGENET_STD = [58.395, 57.12, 57.375]
-
-# MiT variants. mit_b5 as in the paper; mit_tiny for the miniature world and tests.
-BACKBONES = {
-    "mit_b5": dict(embed_dims=64, num_layers=[3, 6, 40, 3], num_heads=[1, 2, 5, 8]),
-    "mit_tiny": dict(embed_dims=16, num_layers=[1, 1, 1, 1], num_heads=[1, 2, 5, 8]),
-}
-# model name -> (backbone, DAFormer embed_dims / channels)
-MODELS_ = {
-    "daformer_mitb5": ("mit_b5", 256),
-    "daformer_tiny": ("mit_tiny", 32),
-}
-MODEL_NAMES = tuple(MODELS_)
 
 
 def _stage_channels(embed_dims: int, num_heads: list[int]) -> list[int]:
     return [embed_dims * h for h in num_heads]
 
 
-def model_config(name: str, crop_size: tuple[int, int], *, window=None, stride=None, drop_path_rate: float = 0.1) -> dict:
-    """EncoderDecoder config. `crop_size`, `window`, `stride` are (h, w); window defaults to
-    the crop, stride to half the window (method.md section 4)."""
-    if name not in MODELS_:
-        raise DataError(f"unknown segmentation model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
-    backbone_name, head_dims = MODELS_[name]
-    b = BACKBONES[backbone_name]
-    window = tuple(window or crop_size)
-    stride = tuple(stride or (max(1, window[0] // 2), max(1, window[1] // 2)))
-    norm_cfg = dict(type="BN", requires_grad=True)  # SyncBN needs distributed CUDA
-    return dict(
-        type="EncoderDecoder",
-        data_preprocessor=dict(
-            type="SegDataPreProcessor",
-            mean=IMAGENET_MEAN,
-            std=IMAGENET_STD,
-            bgr_to_rgb=True,
-            pad_val=0,
-            seg_pad_val=IGNORE,
-            size=tuple(crop_size),
-        ),
-        pretrained=None,
-        backbone=dict(
+def _backbone_config(name: str, drop_path_rate: float, norm_cfg: dict) -> tuple[dict, list[int]]:
+    """(mmseg backbone config, channels of its four output stages)."""
+    b = BACKBONES[name]
+    if b["kind"] == "mit":
+        config = dict(
             type="MixVisionTransformer",
             in_channels=3,
             embed_dims=b["embed_dims"],
@@ -68,23 +41,77 @@ def model_config(name: str, crop_size: tuple[int, int], *, window=None, stride=N
             drop_rate=0.0,
             attn_drop_rate=0.0,
             drop_path_rate=drop_path_rate,
+        )
+        return config, _stage_channels(b["embed_dims"], b["num_heads"])
+    # ResNetV1c as DAFormer's deeplabv2 config: deep stem, stages 3 and 4 dilated instead of
+    # strided (output stride 8), BN trained (norm_eval False), torchvision ("pytorch") style.
+    config = dict(
+        type="ResNetV1c",
+        depth=b["depth"],
+        stem_channels=b["stem_channels"],
+        base_channels=b["base_channels"],
+        num_stages=4,
+        out_indices=(0, 1, 2, 3),
+        dilations=(1, 1, 2, 4),
+        strides=(1, 2, 1, 1),
+        norm_cfg=norm_cfg,
+        norm_eval=False,
+        style="pytorch",
+        contract_dilation=True,
+    )
+    expansion = 4  # Bottleneck (depth >= 50)
+    return config, [b["base_channels"] * 2**i * expansion for i in range(4)]
+
+
+def _head_config(spec: dict, in_channels: list[int], norm_cfg: dict) -> dict:
+    common = dict(
+        num_classes=NUM_CLASSES,
+        align_corners=False,
+        ignore_index=IGNORE,
+        loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0, avg_non_ignore=True),
+    )
+    if spec["head"] == "daformer":
+        return dict(
+            type="DAFormerHead", in_channels=in_channels, in_index=[0, 1, 2, 3], input_transform="multiple_select",
+            embed_dims=spec["head_channels"], channels=spec["head_channels"], dilations=(1, 6, 12, 18), pool=False,
+            dropout_ratio=0.1, norm_cfg=norm_cfg, **common,
+        )  # fmt: skip
+    if spec["head"] == "segformer":
+        # mmseg's SegformerHead: a 1x1 conv per stage to `channels`, upsampled to stride 4,
+        # concatenated, fused by a 1x1 conv; dropout 0.1 and a 1x1 classifier.
+        return dict(
+            type="SegformerHead", in_channels=in_channels, in_index=[0, 1, 2, 3], channels=spec["head_channels"],
+            dropout_ratio=0.1, norm_cfg=norm_cfg, **common,
+        )  # fmt: skip
+    if spec["head"] == "deeplabv2":
+        return dict(type="DLV2Head", in_channels=in_channels[3], in_index=3, dilations=DEEPLABV2_DILATIONS, **common)
+    raise ValueError(f"unknown head {spec['head']!r}")
+
+
+def model_config(name: str, crop_size: tuple[int, int], *, window=None, stride=None, drop_path_rate: float = 0.1) -> dict:
+    """EncoderDecoder config. `crop_size`, `window`, `stride` are (h, w); window defaults to
+    the crop, stride to half the window (method.md section 4)."""
+    if name not in MODELS_:
+        raise DataError(f"unknown segmentation model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    spec = MODELS_[name]
+    window = tuple(window or crop_size)
+    stride = tuple(stride or (max(1, window[0] // 2), max(1, window[1] // 2)))
+    norm_cfg = dict(type="BN", requires_grad=True)  # SyncBN needs distributed CUDA
+    backbone, channels = _backbone_config(spec["backbone"], drop_path_rate, norm_cfg)
+    return dict(
+        type="EncoderDecoder",
+        data_preprocessor=dict(
+            type="SegDataPreProcessor",
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            bgr_to_rgb=True,
+            pad_val=0,
+            seg_pad_val=IGNORE,
+            size=tuple(crop_size),
         ),
-        decode_head=dict(
-            type="DAFormerHead",
-            in_channels=_stage_channels(b["embed_dims"], b["num_heads"]),
-            in_index=[0, 1, 2, 3],
-            input_transform="multiple_select",
-            embed_dims=head_dims,
-            channels=head_dims,
-            dilations=(1, 6, 12, 18),
-            pool=False,
-            dropout_ratio=0.1,
-            num_classes=NUM_CLASSES,
-            norm_cfg=norm_cfg,
-            align_corners=False,
-            ignore_index=IGNORE,
-            loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0, avg_non_ignore=True),
-        ),
+        pretrained=None,
+        backbone=backbone,
+        decode_head=_head_config(spec, channels, norm_cfg),
         train_cfg=dict(),
         test_cfg=dict(mode="slide", crop_size=window, stride=stride),
     )
@@ -92,7 +119,12 @@ def model_config(name: str, crop_size: tuple[int, int], *, window=None, stride=N
 
 def source_pipeline(crop_size: tuple[int, int], resize: tuple[int, int] | None) -> list[dict]:
     """Source: resize (keep ratio, `resize` = (w, h); None = native), random crop with
-    cat_max_ratio 0.75, flip, photometric distortion. Normalisation is in the data preprocessor."""
+    cat_max_ratio 0.75, flip, photometric distortion. Normalisation is in the data preprocessor.
+
+    PhotoMetricDistortion is the colour augmentation of the paper's "SegFormer with colour
+    augmentation" row. The DGInStyle release applies it to every model alike (its "gengtaCAug"
+    data configs serve the DAFormer, SegFormer and DeepLabV2 runs), and so do these pipelines.
+    """
     steps: list[dict] = [dict(type="LoadImageFromFile"), dict(type="LoadAnnotations")]
     if resize is not None:
         steps.append(dict(type="Resize", scale=tuple(resize), keep_ratio=True))
@@ -188,7 +220,7 @@ def training_config(
     )
     return dict(
         default_scope="mmseg",
-        custom_imports=dict(imports=["dginstyle.segmentation.daformer_head", "dginstyle.segmentation.datasets"], allow_failed_imports=False),
+        custom_imports=dict(imports=list(REGISTERED_MODULES), allow_failed_imports=False),
         work_dir=str(work_dir),
         model=model_config(model, crop_size),
         train_dataloader=dataloader,
@@ -196,7 +228,10 @@ def training_config(
         optim_wrapper=dict(
             type="OptimWrapper",
             optimizer=dict(type="AdamW", lr=learning_rate, betas=(0.9, 0.999), weight_decay=weight_decay),
-            # DAFormer: head lr x10; no weight decay on norms and positional blocks.
+            # One schedule for every model, as the DAFormer / HRDA / DGInStyle code base trains
+            # DAFormer, SegFormer and DeepLabV2 alike (AdamW, head lr x10, poly with warm-up).
+            # No weight decay on norms and positional blocks: these keys match MiT's LayerNorms
+            # only; ResNet's BN layers (bn1, stem.1, downsample.1) keep it, as in that code base.
             paramwise_cfg=dict(custom_keys={"head": dict(lr_mult=10.0), "pos_block": dict(decay_mult=0.0), "norm": dict(decay_mult=0.0)}),
         ),
         param_scheduler=schedulers,

@@ -1,4 +1,5 @@
-"""`train-segmentation`: a DAFormer (MiT + DAFormer head) on source + generated data, mmengine Runner.
+"""`train-segmentation`: a segmenter (DAFormer, DeepLabV2 or SegFormer: `catalog.MODELS_`) on
+source + generated data, mmengine Runner.
 
 Schedule (method.md section 3): AdamW (head lr x10), linear warm-up then poly decay, an
 iteration-based loop, checkpoints every N iterations in `work_dir`; a killed run started again
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from dginstyle.io import DataError, atomic_write_json, fresh_staging_dir, replace_dir
 from dginstyle.parallel import default_threads
+from dginstyle.segmentation.catalog import MODEL_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +68,10 @@ def _schedule_factor(it: int, iterations: int, warmup: int, power: float) -> flo
     return (1 - min(it - warmup, span) / span) ** power if span > 0 else 1.0
 
 
-def _make_hooks(log_path: Path, log_interval: int, generated_roots: list[str], pretrained: Path | None, schedule: dict):
+def _make_hooks(log_path: Path, log_interval: int, generated_roots: list[str], pretrained: tuple[Path, dict] | None, schedule: dict):
     from mmengine.hooks import Hook
+
+    from dginstyle.segmentation.pretrained import load_into_backbone
 
     class RunHook(Hook):
         """Loss log (JSON lines), sample-origin counts, pretrained backbone, schedule re-sync on resume."""
@@ -86,8 +90,10 @@ def _make_hooks(log_path: Path, log_interval: int, generated_roots: list[str], p
             if log_path.is_file():  # drop rows past the resumed iteration (written after the last checkpoint)
                 rows = [line for line in log_path.read_text().splitlines() if line.strip() and json.loads(line)["iter"] <= runner.iter]
                 log_path.write_text("".join(r + "\n" for r in rows))
-            if runner.iter == 0 and pretrained is not None:
-                _load_pretrained(runner.model, pretrained)
+            if runner.iter == 0 and pretrained is not None:  # after the model's own init_weights
+                path, state = pretrained
+                count = load_into_backbone(runner.model.backbone, state, path)
+                log.info("pretrained backbone from %s: %d tensors", path, count)
             if runner.iter > 0:
                 self._resync_schedule(runner)
 
@@ -133,31 +139,6 @@ def _make_hooks(log_path: Path, log_interval: int, generated_roots: list[str], p
     return RunHook()
 
 
-def _load_pretrained(model, path: Path) -> None:
-    """ImageNet-pretrained backbone weights: safetensors, or a plain state-dict .pth read weights-only."""
-    import torch
-
-    from dginstyle.compat import load_error_line, load_weights
-
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        state, _ = load_weights(path)
-    else:
-        if not path.is_file():
-            raise DataError(f"{path}: pretrained weights not found")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise DataError(f"{path}: refused by the weights-only loader or unreadable ({load_error_line(exc)})") from None
-        state = state.get("state_dict", state)
-    state = {k.removeprefix("backbone."): v for k, v in state.items()}
-    result = model.backbone.load_state_dict(state, strict=False)
-    loaded = len(state) - len(result.unexpected_keys)
-    if loaded == 0:
-        raise DataError(f"{path}: no key matches the backbone")
-    log.info("pretrained backbone from %s: %d tensors, missing %d, unexpected %d", path, loaded, len(result.missing_keys), len(result.unexpected_keys))
-
-
 def _hw(size) -> tuple[int, int]:
     if isinstance(size, int):
         return (size, size)
@@ -197,6 +178,7 @@ def train_segmentation(
     from dginstyle.segmentation import register_modules
     from dginstyle.segmentation.configs import training_config
     from dginstyle.segmentation.datasets import generated_samples, prepared_samples
+    from dginstyle.segmentation.pretrained import backbone_mismatch, read_backbone_weights
 
     import_mmseg()
     register_modules()
@@ -213,6 +195,9 @@ def train_segmentation(
     n_source = len(prepared_samples(source, "train"))
     n_generated = sum(len(generated_samples(g)) for g in generated)
 
+    # Read (and convert) the pretrained backbone before anything is built, so a refused or
+    # unreadable file stops the run at once; it is copied in when training starts.
+    pretrained_state = read_backbone_weights(Path(pretrained)) if pretrained is not None else None
     work_dir.mkdir(parents=True, exist_ok=True)
     resume_from = latest_checkpoint(work_dir)  # DataError when it points outside work_dir
     cfg = training_config(
@@ -230,10 +215,15 @@ def train_segmentation(
         cfg.update(resume=True, load_from=str(resume_from))
     config = Config(cfg)
     runner = Runner.from_cfg(config)
+    if pretrained_state is not None:
+        problem = backbone_mismatch(runner.model.backbone, pretrained_state)
+        if problem:
+            raise DataError(f"{pretrained}: {problem}")
     log_path = work_dir / TRAIN_LOG
     generated_roots = [str(g.resolve()) + os.sep for g in generated]
     schedule = dict(iterations=iterations, warmup=warmup_iterations, power=poly_power)
-    runner.register_hook(_make_hooks(log_path, log_interval, generated_roots, pretrained, schedule))
+    pretrained_arg = (Path(pretrained), pretrained_state) if pretrained_state is not None else None
+    runner.register_hook(_make_hooks(log_path, log_interval, generated_roots, pretrained_arg, schedule))
 
     start = time.perf_counter()
     runner.train()
@@ -303,14 +293,14 @@ def _size_wh(text: str) -> tuple[int, int]:
 def add_cli(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train-segmentation",
-        help="train a DAFormer segmenter on source + generated data (mmseg 1.x, mmengine Runner)",
-        description="Train MiT + DAFormer head on a prepared source train split concatenated with generated shards.",
+        help="train a segmenter (DAFormer, DeepLabV2, SegFormer) on source + generated data (mmseg 1.x, mmengine Runner)",
+        description="Train a segmentation model on a prepared source train split concatenated with generated shards.",
     )
     p.add_argument("--source", required=True, type=Path, help="prepared source dataset (its train split is used)")
     p.add_argument("--generated", nargs="*", type=Path, default=[], help="zero or more generated shard folders")
     p.add_argument("--out", required=True, type=Path, help="output run folder (weights, config, log, metadata)")
     p.add_argument("--work-dir", required=True, type=Path, help="checkpoints; a rerun with the same folder resumes")
-    p.add_argument("--model", default=DEFAULTS["model"], choices=("daformer_mitb5", "daformer_tiny"))
+    p.add_argument("--model", default=DEFAULTS["model"], choices=MODEL_NAMES, help="model (dginstyle/segmentation/catalog.py)")
     p.add_argument("--iterations", type=int, default=DEFAULTS["iterations"])
     p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
     p.add_argument("--crop-size", type=_size_wh, default=(512, 512), help="training crop WIDTHxHEIGHT or N (square)")
@@ -320,7 +310,10 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--poly-power", type=float, default=DEFAULTS["poly_power"])
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
     p.add_argument("--threads", type=int, default=None, help="torch threads (default $OMP_NUM_THREADS)")
-    p.add_argument("--pretrained", type=Path, default=None, help="backbone weights (.safetensors, or a weights-only .pth)")
+    p.add_argument(
+        "--pretrained", type=Path, default=None,
+        help="ImageNet backbone weights: .safetensors from `dginstyle convert-pretrained`, or the public MiT/ResNet .pth (read weights-only, converted)",
+    )  # fmt: skip
     p.add_argument("--source-resize", type=_size_wh, default=None, help="resize source images (keep ratio) to fit WIDTHxHEIGHT")
     p.add_argument("--generated-resize", type=_size_wh, default=None, help="resize generated images to WIDTHxHEIGHT")
     p.add_argument("--checkpoint-interval", type=int, default=1000)

@@ -30,7 +30,12 @@ shell.prefix(
     + (f"export DGINSTYLE_GPU_LOCKS={shlex.quote(GPU_LOCKS)}; " if GPU_LOCKS else "")
 )
 
-from dginstyle.config import ConfigError, used_datasets, validate_config
+from dginstyle.config import (
+    ConfigError,
+    pretrained_weights,
+    used_datasets,
+    validate_config,
+)
 
 try:
     validate_config(config)
@@ -222,16 +227,33 @@ def quality_control_segmenter(wildcards):
     return f"results/segmentation/{name}/seed{SEEDS[0]}"
 
 
-def segmentation_options():
-    """Optional train-segmentation flags: resizes and pretrained backbone weights."""
+# The segmentation settings every experiment shares; its model (and so its pretrained
+# backbone) is the experiment's own, a param of its own, so changing one experiment's model
+# reruns that experiment only.
+SEGMENTATION_SHARED = {
+    key: value
+    for key, value in config["segmentation"].items()
+    if key not in ("model", "pretrained")
+}
+
+
+def experiment_model(wildcards):
+    """The experiment's model (experiments.<name>.model, default segmentation.model)."""
+    return config["experiments"][wildcards.experiment]["model"]
+
+
+def segmentation_options(wildcards):
+    """Optional train-segmentation flags: resizes and the pretrained backbone weights of the
+    experiment's model."""
     hp = config["segmentation"]
     options = []
     if hp["source_resize"]:
         options.append("--source-resize {}x{}".format(*hp["source_resize"]))
     if hp["generated_resize"]:
         options.append("--generated-resize {}x{}".format(*hp["generated_resize"]))
-    if hp["pretrained"]:
-        options.append(f"--pretrained '{hp['pretrained']}'")
+    pretrained = pretrained_weights(config, experiment_model(wildcards))
+    if pretrained:
+        options.append(f"--pretrained {shlex.quote(pretrained)}")
     return " ".join(options)
 
 

@@ -33,7 +33,7 @@ rule contact_sheet:
     log:
         "results/logs/contact_sheet/{dataset}.log",
     benchmark:
-        "results/benchmarks/rules/contact_sheet/{dataset}.tsv",
+        "results/benchmarks/rules/contact_sheet/{dataset}.tsv"
     conda:
         "../../envs/data.yaml"
     threads: 1

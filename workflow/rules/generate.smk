@@ -10,7 +10,7 @@ rule select_layouts:
     log:
         "results/logs/select_layouts/{gen}.log",
     benchmark:
-        "results/benchmarks/rules/select_layouts/{gen}.tsv",
+        "results/benchmarks/rules/select_layouts/{gen}.tsv"
     conda:
         "../../envs/generation.yaml"
     threads: 1
@@ -85,7 +85,7 @@ rule style_swap_figure:
     log:
         "results/logs/style_swap_figure.log",
     benchmark:
-        "results/benchmarks/rules/style_swap_figure.tsv",
+        "results/benchmarks/rules/style_swap_figure.tsv"
     conda:
         "../../envs/generation.yaml"
     threads: 2

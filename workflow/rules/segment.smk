@@ -20,12 +20,13 @@ rule train_segmentation:
         runtime=1440,
         gpu=1,
     params:
-        hp=config["segmentation"],
-        options=segmentation_options(),
+        hp=SEGMENTATION_SHARED,
+        model=experiment_model,
+        options=segmentation_options,
         work_dir="results/checkpoints/segmentation/{experiment}/seed{seed}",
     shell:
         "python -m dginstyle train-segmentation --source {input.source} --generated {input.generated}"
-        " --out {output} --work-dir {params.work_dir} --model {params.hp[model]}"
+        " --out {output} --work-dir {params.work_dir} --model {params.model}"
         " --iterations {params.hp[iterations]} --batch-size {params.hp[batch_size]}"
         " --crop-size {params.hp[crop_size]} --learning-rate {params.hp[learning_rate]}"
         " --weight-decay {params.hp[weight_decay]} --warmup-iterations {params.hp[warmup_iterations]}"

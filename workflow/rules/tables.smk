@@ -16,7 +16,7 @@ rule table:
     log:
         "results/logs/tables/{table}.log",
     benchmark:
-        "results/benchmarks/rules/table/{table}.tsv",
+        "results/benchmarks/rules/table/{table}.tsv"
     conda:
         "../../envs/data.yaml"
     threads: 1
@@ -51,7 +51,7 @@ rule training_curves:
     log:
         "results/logs/training_curves.log",
     benchmark:
-        "results/benchmarks/rules/training_curves.tsv",
+        "results/benchmarks/rules/training_curves.tsv"
     conda:
         "../../envs/data.yaml"
     threads: 1
