@@ -72,6 +72,26 @@ def test_pipeline_folder_loads_with_metadata(tiny_run):
     assert not list((root).glob(".out*")), "no staging leftovers"
 
 
+def test_trained_vae_posterior_is_a_point_mass(tiny_run, corpus):
+    """Sampling the trained VAE's posterior gives its mean, so fine-tune, ControlNet and MRLF
+    (which call latent_dist.sample()) see the latents the prior was trained on."""
+    root, meta = tiny_run
+    vae = models.load_components(root / "out")["vae"]
+    images, _, _ = prior.load_corpus(corpus)
+    with torch.no_grad():
+        dist = vae.encode(prior._to_unit(images[:2])).latent_dist
+    assert float(dist.std.max()) < 1e-6
+    assert torch.allclose(dist.sample(generator=torch.Generator().manual_seed(0)), dist.mean, atol=1e-5)
+    assert meta["hyperparameters"]["vae_crop"] == 32 and "colour" in meta["hyperparameters"]["vae_loss"]
+
+
+def test_reconstruction_loss_weights_colour_errors():
+    grey = torch.zeros(1, 3, 4, 4)
+    tinted = grey + torch.tensor([0.1, -0.1, 0.0]).view(1, 3, 1, 1)  # same brightness, other colour
+    brighter = grey + 0.1  # same colour, other brightness
+    assert prior.reconstruction_loss(tinted, grey) > 2 * prior.reconstruction_loss(brighter, grey)
+
+
 def test_resume_with_more_steps_continues(corpus, tiny_run, tmp_path):
     root, _ = tiny_run
     shutil.copytree(root / "ck", tmp_path / "ck")
@@ -198,7 +218,8 @@ def test_sync_shipped_prior_installs_only_on_an_exact_match(tiny_run, tmp_path, 
     prior.export_shipped(root / "out", shipped)
     monkeypatch.setattr(prior, "shipped_prior_path", lambda: shipped)
     corpus = {"domain": "prior", "splits": {"train": 16}, "seed": 0, "size": [32, 32], "world_version": minicity.WORLD_VERSION}
-    training = {"vae_steps": 3, "unet_steps": 4, "batch_size": 4, "vae_batch_size": 4, "learning_rate": 1e-3, "seed": 3, "checkpoint_every": 99}
+    training = {"vae_steps": 3, "unet_steps": 4, "batch_size": 4, "vae_batch_size": 4, "vae_crop": 32, "vae_learning_rate": 2e-3,
+                "learning_rate": 1e-3, "seed": 3, "checkpoint_every": 99}
     request = prior.training_request(corpus, 32, training)
 
     other = prior.training_request(corpus, 32, {**training, "unet_steps": 5})

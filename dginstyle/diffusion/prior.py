@@ -4,9 +4,14 @@ The miniature world's stand-in for Stable Diffusion 1.5: an AutoencoderKL, a CLI
 encoder (with the offline caption tokenizer) and a UNet2DConditionModel, trained on random
 square crops of the unlabelled multi-style street corpus and its captions.
 
-Stage 1 (VAE): L1 reconstruction + a small KL term on random crops; afterwards the latent
-scaling factor is measured on the corpus (1 / std of the latents, SD's 0.18215) and stored in
-`vae.config.scaling_factor`.
+Stage 1 (VAE): a deterministic autoencoder in AutoencoderKL's clothes, trained on small random
+crops (it is fully convolutional) with MSE plus extra weight on colour (below) and a small KL
+term that only bounds the latent scale. Its posterior is a point mass: the log-variance head is
+pinned at diffusers' floor (-30), so `latent_dist.sample()` everywhere (fine-tune, ControlNet,
+MRLF) equals the mean. Why: trained briefly, a sampled posterior kept std 0.5 in the channels the
+decoder did not use; that noise cannot be predicted and set the diffusion loss floor (0.23), and
+the colour information drowned in it. Afterwards the latent scaling factor is measured on the
+corpus (1 / std of the latents, SD's 0.18215) and stored in `vae.config.scaling_factor`.
 Stage 2 (text encoder + UNet, jointly, from random init): epsilon prediction on SD 1.5's DDPM
 schedule, caption dropout to the empty prompt (so classifier-free guidance works), random
 horizontal flips and random crops (done in latent space on latents pre-encoded once from the
@@ -54,11 +59,18 @@ DEFAULTS = dict(
     unet_steps=700,
     batch_size=32,
     vae_batch_size=16,
+    vae_crop=32,
+    vae_learning_rate=2e-3,
     learning_rate=5e-4,
     seed=0,
     checkpoint_every=100,
 )
-KL_WEIGHT = 1e-6  # on the per-sample summed KL, against the per-pixel mean L1
+KL_WEIGHT = 1e-6  # on the per-sample summed KL, against the per-pixel mean reconstruction loss
+# Colour (each pixel's deviation from its grey value) is a small part of the corpus' signal: with
+# a plain L1 or MSE the tiny VAE reconstructed grey images for its first thousand steps. Extra
+# weight on the colour error makes it learn colour as early as brightness.
+CHROMA_WEIGHT = 4.0
+LOGVAR_FLOOR = -30.0  # diffusers clamps the log-variance here: std 3e-7, a point mass
 CAPTION_DROPOUT = 0.1
 EMA_DECAY = 0.999
 WARMUP_STEPS = 50
@@ -263,12 +275,40 @@ def _resume(directory: Path, fingerprint: str, total: int, stage: str):
     return ckpt
 
 
-def _train_vae(vae, images, *, steps, batch_size, resolution, lr, seed, directory, fingerprint, checkpoint_every, device):
+def pin_posterior(vae) -> None:
+    """Make the VAE's posterior a point mass: the log-variance half of `quant_conv` outputs
+    LOGVAR_FLOOR whatever the input, and gradients never move it (see the module docstring)."""
+    import torch
+
+    conv = vae.quant_conv
+    half = conv.out_channels // 2
+    with torch.no_grad():
+        conv.weight[half:].zero_()
+        conv.bias[half:].fill_(LOGVAR_FLOOR)
+
+    def keep_mean_half(grad):
+        grad = grad.clone()
+        grad[half:] = 0
+        return grad
+
+    conv.weight.register_hook(keep_mean_half)
+    conv.bias.register_hook(keep_mean_half)
+
+
+def reconstruction_loss(recon, target):
+    """MSE plus CHROMA_WEIGHT x the MSE of colour (each pixel minus its mean over RGB)."""
+    chroma = lambda x: x - x.mean(1, keepdim=True)  # noqa: E731
+    return (recon - target).pow(2).mean() + CHROMA_WEIGHT * (chroma(recon) - chroma(target)).pow(2).mean()
+
+
+def _train_vae(vae, images, *, steps, batch_size, crop, lr, seed, directory, fingerprint, checkpoint_every, device):
     import torch
 
     from dginstyle.diffusion.training import capture_rng_state, restore_rng_state, save_checkpoint, set_lr, warmup_cosine
 
     generator = torch.Generator().manual_seed(seed + 1)
+    pin_posterior(vae)
+    # weight decay 0: the pinned log-variance weights must stay exactly where they are
     optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     step, history, wall = 0, [], 0.0
     ckpt = _resume(directory, fingerprint, steps, "vae")
@@ -284,18 +324,16 @@ def _train_vae(vae, images, *, steps, batch_size, resolution, lr, seed, director
     started = time.perf_counter()
     while step < steps:
         set_lr(optimizer, lr * warmup_cosine(step, steps, WARMUP_STEPS))
-        batch = _to_unit(_random_crops(images, batch_size, resolution, generator)).to(device)
+        batch = _to_unit(_random_crops(images, batch_size, crop, generator)).to(device)
         posterior = vae.encode(batch).latent_dist
-        latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(device)
-        recon = vae.decode(latents).sample
-        rec = (recon - batch).abs().mean()
-        loss = rec + KL_WEIGHT * posterior.kl().mean()
+        recon = vae.decode(posterior.mean).sample
+        loss = reconstruction_loss(recon, batch) + KL_WEIGHT * posterior.kl().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         optimizer.step()
         step += 1
-        window.append(rec.item())
+        window.append((recon.detach() - batch).abs().mean().item())  # L1 is what the record reports
         if step % 10 == 0 or step == steps:
             history.append([step, sum(window) / len(window)])
             window = []
@@ -311,23 +349,21 @@ def _train_vae(vae, images, *, steps, batch_size, resolution, lr, seed, director
 
 
 def _encode_corpus(vae, images, device, chunk: int = 64):
-    """Latent mean and std of every image and its mirror image: [2N,C,h,w] each."""
+    """Latents (the point-mass posterior's mean) of every image and its mirror image: [2N,C,h,w]."""
     import torch
 
-    means, stds = [], []
+    means = []
     with torch.no_grad():
         for flipped in (False, True):
             for start in range(0, len(images), chunk):
                 batch = _to_unit(images[start : start + chunk]).to(device)
                 if flipped:
                     batch = batch.flip(-1)
-                dist = vae.encode(batch).latent_dist
-                means.append(dist.mean.cpu())
-                stds.append(dist.std.cpu())
-    return torch.cat(means), torch.cat(stds)
+                means.append(vae.encode(batch).latent_dist.mean.cpu())
+    return torch.cat(means)
 
 
-def _train_unet(components, latents_mean, latents_std, token_ids, empty_ids, *, scale, steps, batch_size, latent_size, lr, seed, directory, fingerprint, checkpoint_every, device):
+def _train_unet(components, latents, token_ids, empty_ids, *, scale, steps, batch_size, latent_size, lr, seed, directory, fingerprint, checkpoint_every, device):
     import torch
     import torch.nn.functional as F
 
@@ -351,7 +387,7 @@ def _train_unet(components, latents_mean, latents_std, token_ids, empty_ids, *, 
         restore_rng_state(ckpt["rng_state"], {"data": generator})
         step, history, wall = ckpt["step"], ckpt["extra"].get("history", []), ckpt["extra"].get("wall_s", 0.0)
         resumed_from = step
-    n2, channels, hl, wl = latents_mean.shape
+    n2, channels, hl, wl = latents.shape
     n = n2 // 2
     unet.train()
     text_encoder.train()
@@ -363,17 +399,15 @@ def _train_unet(components, latents_mean, latents_std, token_ids, empty_ids, *, 
         ys = torch.randint(0, hl - latent_size + 1, (batch_size,), generator=generator)
         xs = torch.randint(0, wl - latent_size + 1, (batch_size,), generator=generator)
         drop = torch.rand(batch_size, generator=generator) < CAPTION_DROPOUT
-        eps0 = torch.randn((batch_size, channels, latent_size, latent_size), generator=generator)
         noise = torch.randn((batch_size, channels, latent_size, latent_size), generator=generator)
         timesteps = torch.randint(0, ddpm.config.num_train_timesteps, (batch_size,), generator=generator)
-        crops_m = torch.stack([latents_mean[index[i], :, ys[i] : ys[i] + latent_size, xs[i] : xs[i] + latent_size] for i in range(batch_size)])
-        crops_s = torch.stack([latents_std[index[i], :, ys[i] : ys[i] + latent_size, xs[i] : xs[i] + latent_size] for i in range(batch_size)])
-        latents = ((crops_m + crops_s * eps0) * scale).to(device)
+        crops = torch.stack([latents[index[i], :, ys[i] : ys[i] + latent_size, xs[i] : xs[i] + latent_size] for i in range(batch_size)])
+        clean = (crops * scale).to(device)
         ids = token_ids[index % n].clone()
         ids[drop] = empty_ids
         noise = noise.to(device)
         timesteps = timesteps.to(device)
-        noisy = ddpm.add_noise(latents, noise, timesteps)
+        noisy = ddpm.add_noise(clean, noise, timesteps)
         context = text_encoder(ids.to(device))[0]
         pred = unet(noisy, timesteps, encoder_hidden_states=context).sample
         loss = F.mse_loss(pred.float(), noise.float())
@@ -421,6 +455,8 @@ def pretrain_prior(
     spec=None,
     samples: Path | None = None,
     vae_batch_size: int | None = DEFAULTS["vae_batch_size"],
+    vae_crop: int = DEFAULTS["vae_crop"],
+    vae_learning_rate: float = DEFAULTS["vae_learning_rate"],
     checkpoint_every: int = DEFAULTS["checkpoint_every"],
     device: str = "auto",
 ) -> dict:
@@ -437,12 +473,14 @@ def pretrain_prior(
 
     t0 = time.perf_counter()
     corpus, out, checkpoints = Path(corpus), Path(out), Path(checkpoints)
-    for name, value in (("vae_steps", vae_steps), ("unet_steps", unet_steps), ("batch_size", batch_size), ("resolution", resolution), ("checkpoint_every", checkpoint_every)):
+    for name, value in (("vae_steps", vae_steps), ("unet_steps", unet_steps), ("batch_size", batch_size), ("resolution", resolution), ("vae_crop", vae_crop), ("checkpoint_every", checkpoint_every)):
         if value < 1:
             raise DataError(f"pretrain-prior: {name} must be >= 1 (got {value})")
     spec = spec or models.TinySpec(**PRIOR_SPEC)
     if resolution % spec.downsample:
         raise DataError(f"pretrain-prior: resolution {resolution} is not a multiple of the VAE downsampling {spec.downsample}")
+    if vae_crop % spec.downsample or vae_crop > resolution:
+        raise DataError(f"pretrain-prior: vae_crop {vae_crop} must be a multiple of {spec.downsample} and at most the resolution {resolution}")
     vae_batch_size = vae_batch_size or batch_size
     torch.set_num_threads(max(1, threads))
     dev = models.pick_device(device)
@@ -458,24 +496,24 @@ def pretrain_prior(
         components[name].to(dev)
 
     hyper = dict(resolution=resolution, vae_steps=vae_steps, unet_steps=unet_steps, batch_size=batch_size, vae_batch_size=vae_batch_size,
+                 vae_crop=vae_crop, vae_learning_rate=vae_learning_rate, vae_loss=f"MSE + {CHROMA_WEIGHT} x colour MSE, point-mass posterior",
                  learning_rate=learning_rate, seed=seed, kl_weight=KL_WEIGHT, caption_dropout=CAPTION_DROPOUT, ema_decay=EMA_DECAY,
                  warmup_steps=WARMUP_STEPS, lr_schedule="linear warm-up then cosine to 10%", optimizer="AdamW",
                  checkpoint_every=checkpoint_every, prediction_type="epsilon", noise_schedule="SD 1.5 scaled_linear DDPM")
     corpus_id = {"path": str(corpus.resolve()), "dataset": manifest.get("dataset"), "seed": manifest.get("seed"), "size": manifest.get("size"),
                  "images": len(images), "world_version": manifest.get("world_version")}
-    vae_fp = _fingerprint({"corpus": corpus_id, "spec": asdict(spec), "resolution": resolution, "batch": vae_batch_size, "lr": learning_rate, "seed": seed, "stage": "vae"})
-    vae_info = _train_vae(components["vae"], images, steps=vae_steps, batch_size=vae_batch_size, resolution=resolution, lr=learning_rate,
+    vae_fp = _fingerprint({"corpus": corpus_id, "spec": asdict(spec), "crop": vae_crop, "batch": vae_batch_size, "lr": vae_learning_rate, "seed": seed, "stage": "vae-pinned"})
+    vae_info = _train_vae(components["vae"], images, steps=vae_steps, batch_size=vae_batch_size, crop=vae_crop, lr=vae_learning_rate,
                           seed=seed, directory=checkpoints / "vae", fingerprint=vae_fp, checkpoint_every=checkpoint_every, device=dev)
 
     # latent scaling factor: 1 / std of latent samples over (a subset of) the corpus
     t_enc = time.perf_counter()
-    mean, std = _encode_corpus(components["vae"], images, dev)
+    latents = _encode_corpus(components["vae"], images, dev)
     subset = torch.Generator().manual_seed(seed + 3)
-    pick = torch.randperm(len(mean), generator=subset)[:LATENT_SCALE_IMAGES]
-    draws = mean[pick] + std[pick] * torch.randn(mean[pick].shape, generator=subset)
-    scale = float(1.0 / draws.std())
+    pick = torch.randperm(len(latents), generator=subset)[:LATENT_SCALE_IMAGES]
+    scale = float(1.0 / latents[pick].std())
     components["vae"].register_to_config(scaling_factor=scale)
-    log.info("latent scaling factor %.5f (latents %s, encoded in %.1fs)", scale, tuple(mean.shape[1:]), time.perf_counter() - t_enc)
+    log.info("latent scaling factor %.5f (latents %s, encoded in %.1fs)", scale, tuple(latents.shape[1:]), time.perf_counter() - t_enc)
 
     tokenizer = components["tokenizer"]
     tok = lambda texts: tokenizer(texts, padding="max_length", truncation=True, max_length=tokenizer.model_max_length, return_tensors="pt").input_ids  # noqa: E731
@@ -484,7 +522,7 @@ def pretrain_prior(
     row = {caption: i for i, caption in enumerate(unique)}
     token_ids, empty_ids = unique_ids[[row[c] for c in captions]], tok([""])[0]
     unet_fp = _fingerprint({"vae": vae_fp, "vae_steps": vae_steps, "batch": batch_size, "lr": learning_rate, "seed": seed, "stage": "unet"})
-    unet_info = _train_unet(components, mean, std, token_ids, empty_ids, scale=scale, steps=unet_steps, batch_size=batch_size,
+    unet_info = _train_unet(components, latents, token_ids, empty_ids, scale=scale, steps=unet_steps, batch_size=batch_size,
                             latent_size=resolution // spec.downsample, lr=learning_rate, seed=seed, directory=checkpoints / "unet",
                             fingerprint=unet_fp, checkpoint_every=checkpoint_every, device=dev)
 
@@ -568,7 +606,7 @@ def recorded_request(metadata: dict) -> dict:
     """The training request a prior's dginstyle.json records (see `training_request`)."""
     corpus, hyper = metadata.get("corpus", {}), metadata.get("hyperparameters", {})
     size = corpus.get("size") or {}
-    keys = ("vae_steps", "unet_steps", "batch_size", "vae_batch_size", "learning_rate", "seed")
+    keys = ("vae_steps", "unet_steps", "batch_size", "vae_batch_size", "vae_crop", "vae_learning_rate", "learning_rate", "seed")
     return {
         "corpus": {"seed": corpus.get("seed"), "size": [size.get("width"), size.get("height")], "images": corpus.get("images"), "world_version": corpus.get("world_version")},
         "resolution": hyper.get("resolution"),
@@ -692,8 +730,10 @@ def ship_prior(pipeline: Path, command: str, samples: Path | None = None, dest: 
         "",
         "## Training record",
         "",
-        f"- steps: VAE {meta['steps']['vae']} (batch {hyper.get('vae_batch_size')}), UNet + text encoder {meta['steps']['unet']} (batch {hyper.get('batch_size')}), "
-        f"resolution {hyper.get('resolution')}, learning rate {hyper.get('learning_rate')}, seed {hyper.get('seed')}",
+        f"- VAE: {meta['steps']['vae']} steps, batch {hyper.get('vae_batch_size')} of {hyper.get('vae_crop')} px crops, learning rate {hyper.get('vae_learning_rate')}, "
+        f"loss {hyper.get('vae_loss')}",
+        f"- UNet + text encoder: {meta['steps']['unet']} steps, batch {hyper.get('batch_size')} at resolution {hyper.get('resolution')}, "
+        f"learning rate {hyper.get('learning_rate')}; seed {hyper.get('seed')}; resumed from (vae, unet) steps {meta.get('resumed_from')}",
         f"- training time on this machine (2 CPU cores shared with other jobs, {meta.get('threads')} threads): "
         f"VAE {wall.get('vae')} s, UNet {wall.get('unet')} s (plus corpus encoding and saving)",
         f"- final losses: VAE L1 {meta['final_losses']['vae_l1']:.4f}, UNet epsilon MSE {meta['final_losses']['unet_mse']:.4f}; "
@@ -733,6 +773,8 @@ def add_cli(sub) -> None:
     p.add_argument("--unet-steps", type=int, default=DEFAULTS["unet_steps"])
     p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="UNet/text-encoder batch size")
     p.add_argument("--vae-batch-size", type=int, default=DEFAULTS["vae_batch_size"])
+    p.add_argument("--vae-crop", type=int, default=DEFAULTS["vae_crop"], help="square VAE training crop in pixels (the VAE is convolutional)")
+    p.add_argument("--vae-learning-rate", type=float, default=DEFAULTS["vae_learning_rate"])
     p.add_argument("--learning-rate", type=float, default=DEFAULTS["learning_rate"])
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
     p.add_argument("--checkpoint-every", type=int, default=DEFAULTS["checkpoint_every"])
@@ -748,7 +790,8 @@ def _run_cli(args: argparse.Namespace) -> None:
     pretrain_prior(
         corpus=args.corpus, out=args.out, checkpoints=args.checkpoints, resolution=args.resolution,
         vae_steps=args.vae_steps, unet_steps=args.unet_steps, batch_size=args.batch_size,
-        vae_batch_size=args.vae_batch_size, learning_rate=args.learning_rate, seed=args.seed,
+        vae_batch_size=args.vae_batch_size, vae_crop=args.vae_crop, vae_learning_rate=args.vae_learning_rate,
+        learning_rate=args.learning_rate, seed=args.seed,
         threads=threads, samples=args.samples, checkpoint_every=args.checkpoint_every, device=args.device,
     )
 

@@ -33,6 +33,7 @@ if PRIOR_TRAINED_HERE:
             " --checkpoints {params.checkpoints} --resolution {params.resolution}"
             " --vae-steps {params.training[vae_steps]} --unet-steps {params.training[unet_steps]}"
             " --batch-size {params.training[batch_size]} --vae-batch-size {params.training[vae_batch_size]}"
+            " --vae-crop {params.training[vae_crop]} --vae-learning-rate {params.training[vae_learning_rate]}"
             " --learning-rate {params.training[learning_rate]} --seed {params.training[seed]}"
             " --checkpoint-every {params.training[checkpoint_every]} > {log} 2>&1"
 
@@ -119,6 +120,8 @@ rule style_swap:
         directory("results/generator/generators/{variant}"),
     log:
         "results/logs/style_swap/{variant}.log",
+    benchmark:
+        "results/benchmarks/rules/style_swap/{variant}.tsv"
     conda:
         "../../envs/generation.yaml"
     threads: 1
