@@ -35,7 +35,8 @@ def rule_times(workdir: Path, since: float | None = None) -> dict[str, dict]:
     for tsv in sorted(root.rglob("*.tsv")):
         if since is not None and tsv.stat().st_mtime < since:
             continue
-        rule = tsv.relative_to(root).parts[0]
+        first = tsv.relative_to(root).parts[0]  # a rule's folder, or <rule>.tsv for a job without wildcards
+        rule = first.removesuffix(".tsv")
         with tsv.open() as handle:
             rows = list(csv.DictReader(handle, delimiter="\t"))
         if not rows:

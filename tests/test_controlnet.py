@@ -166,6 +166,22 @@ def test_validation_images_are_made_with_the_prior_unet(world, monkeypatch):
 
     with Image.open(out / "validation" / "step_00000002.png") as grid:
         assert grid.size == (2 * CROP + 2, 2 * CROP + 2)
+    # the control gain: U^S's loss on the validation layouts without and with the ControlNet
+    gain = meta["validation"]["control_gain"]
+    assert [row[0] for row in gain] == [1, 2] and all(row[1] > 0 and row[2] > 0 for row in gain)
+
+
+def test_control_gain_is_zero_for_a_fresh_controlnet(world):
+    """A ControlNet straight from U^S has zero convolutions: with or without it, the same loss."""
+    from dginstyle.diffusion import controlnet as cn, crops, models
+    from dginstyle.diffusion.finetune import Runtime
+
+    components = models.load_components(world["prior"])
+    unet_s = cn.load_unet_folder(world["unet"])
+    fresh = models.controlnet_from_unet(unet_s, components["vae"])
+    layouts = [{"image": np.full((CROP, CROP, 3), 128, np.uint8), "label": np.zeros((CROP, CROP), np.uint8), "prompt": "road"}]
+    gain = cn.control_gain(dict(components, unet=unet_s, controlnet=fresh), layouts, Runtime.create("cpu", "no", 0), seed=0)
+    assert gain["with_control"] == pytest.approx(gain["without_control"], abs=1e-6)
 
 
 def controlnet_unet_state(folder) -> dict:

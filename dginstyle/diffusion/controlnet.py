@@ -231,6 +231,9 @@ def train_controlnet(
         if validation_every > 0 and (done % validation_every == 0 or done == steps):
             controlnet.eval()
             images = validate(validation_components, layouts, rt, seed, validation_inference_steps, guidance_scale)
+            gain = control_gain(dict(components, unet=unet_s, controlnet=controlnet), layouts, rt, seed)
+            state["extra"].setdefault("control_gain", []).append([done, gain["without_control"], gain["with_control"]])
+            log.info("train-controlnet: step %d validation loss without control %.4f, with control %.4f", done, gain["without_control"], gain["with_control"])
             controlnet.train()
             atomic_write_bytes(validation_dir / f"step_{done:08d}.png", validation_grid(images, [l["label"] for l in layouts]))
 
@@ -272,6 +275,9 @@ def train_controlnet(
             prompts=[l["prompt"] for l in layouts],
             layouts=[{k: l[k] for k in ("stem", "rcs_class", "box")} for l in layouts],
             images=[f"{VALIDATION_DIR}/{p.name}" for p in validation_files],
+            # [step, loss without control, loss with control] on the validation layouts:
+            # how much the layout helps U^S denoise (see `control_gain`)
+            control_gain=[row for row in state["extra"].get("control_gain", []) if row[0] <= state["step"]],
         ),
     )
 
@@ -377,6 +383,43 @@ def validate(components: dict, layouts: list[dict], rt, seed: int, inference_ste
         with torch.no_grad(), rt.autocast():
             images.append(mrlf.generate_image(parts, layout["label"], layout["prompt"], seed * 1000 + i, settings))
     return images
+
+
+CONTROL_GAIN_TIMESTEPS = (100, 300, 500, 700, 900)
+
+
+def control_gain(components: dict, layouts: list[dict], rt, seed: int) -> dict:
+    """Denoising loss of U^S on the validation layouts' own images, with the ControlNet's
+    residuals at scale 0 and at scale 1 (same noise, same timesteps, class-list prompts).
+
+    A number that shows whether the ControlNet has learnt to use the layout long before the
+    pictures do: the lower "with control" is than "without", the more of the image the layout
+    explains.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from dginstyle.diffusion import crops, models
+    from dginstyle.diffusion.finetune import encode_prompts, torch_generator
+
+    vae, unet, controlnet = components["vae"], components["unet"], components["controlnet"]
+    scheduler = models.noise_scheduler("ddpm", components["scheduler"].config)
+    pixels = torch.from_numpy(np.stack([crops.to_unit_range(l["image"]) for l in layouts])).to(rt.device, rt.frozen_dtype)
+    cond = torch.from_numpy(np.stack([crops.one_hot(l["label"]) for l in layouts])).to(rt.device)
+    losses = {"without_control": 0.0, "with_control": 0.0}
+    with torch.no_grad(), rt.autocast():
+        text = encode_prompts(components["tokenizer"], components["text_encoder"], [l["prompt"] for l in layouts], rt)
+        latents = vae.encode(pixels).latent_dist.mean.float() * vae.config.scaling_factor
+        gen = torch_generator(seed, STREAM_VALIDATION, 1)
+        for t in CONTROL_GAIN_TIMESTEPS:
+            noise = torch.randn(latents.shape, generator=gen).to(rt.device)
+            timesteps = torch.full((len(layouts),), t, device=rt.device)
+            noisy = scheduler.add_noise(latents, noise, timesteps)
+            for key, scale in (("without_control", 0.0), ("with_control", 1.0)):
+                down, mid = controlnet(noisy, timesteps, encoder_hidden_states=text, controlnet_cond=cond, conditioning_scale=scale, return_dict=False)
+                pred = unet(noisy, timesteps, encoder_hidden_states=text, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+                losses[key] += float(F.mse_loss(pred.float(), noise)) / len(CONTROL_GAIN_TIMESTEPS)
+    return {k: round(v, 5) for k, v in losses.items()}
 
 
 def validation_grid(images: list[np.ndarray], labels: list[np.ndarray], gap: int = 2) -> bytes:
