@@ -112,6 +112,7 @@ def _check_references(config: dict) -> None:
         if data != "source" and data not in config.get("generated_sets", {}):
             raise ConfigError(f"config key 'experiments.{name}.data': {data!r} is neither 'source' nor a generated set (defined under 'generated_sets': {', '.join(sorted(config.get('generated_sets', {})))})")
     _check_models(config)
+    _check_feature_distance(config)
     qc_users = [name for name, experiment in config.get("experiments", {}).items() if experiment.get("quality_control")]
     segmenter = config.get("quality_control", {}).get("segmenter")
     if qc_users and not segmenter:
@@ -141,6 +142,8 @@ def _check_models(config: dict) -> None:
     segmentation = config.get("segmentation", {})
     for experiment in config.get("experiments", {}).values():
         experiment.setdefault("model", segmentation.get("model", "daformer_mitb5"))
+        experiment.setdefault("feature_distance", segmentation.get("feature_distance", False))
+        experiment.setdefault("rare_class_sampling", segmentation.get("rare_class_sampling", False))
     pretrained = segmentation.get("pretrained")
     if isinstance(pretrained, dict):
         for backbone in pretrained:
@@ -158,6 +161,24 @@ def _check_models(config: dict) -> None:
                 f"segmentation.pretrained names no weights; give them per backbone, e.g. "
                 f"pretrained: {{{backbone_of(segmentation['model'])}: ..., {backbone}: ...}} (null: train it from scratch)"
             ) from None
+
+
+def _check_feature_distance(config: dict) -> None:
+    """The ImageNet feature distance pulls the features towards a frozen copy of the pretrained
+    backbone: an experiment with it must have pretrained weights (its model from scratch has no
+    ImageNet features to keep)."""
+    segmentation = config.get("segmentation", {})
+    for name, experiment in config.get("experiments", {}).items():
+        if not experiment.get("feature_distance"):
+            continue
+        if not pretrained_weights(config, experiment["model"]):  # (a backbone without an entry stopped _check_models)
+            own = experiment["feature_distance"] != segmentation.get("feature_distance", False)
+            key = f"experiments.{name}.feature_distance" if own else "segmentation.feature_distance"
+            raise ConfigError(
+                f"config key '{key}': the ImageNet feature distance needs pretrained weights, and experiment {name!r} "
+                f"({experiment['model']}, backbone {backbone_of(experiment['model'])}) trains from scratch; give segmentation.pretrained "
+                f"or set feature_distance: false"
+            )
 
 
 def pretrained_weights(config: dict, model: str) -> str | None:

@@ -161,15 +161,15 @@ def test_test_size_for_a_dataset_that_is_not_a_target():
 
 
 def test_quality_control_needs_a_source_only_segmenter():
-    config = load("default")
+    config = load("smoke")  # the default config has no with_qc row
     config["quality_control"]["segmenter"] = None
     with pytest.raises(ConfigError, match="'quality_control.segmenter'.*with_qc"):
         validate_config(config)
-    config = load("default")
+    config = load("smoke")  # the default config has no with_qc row
     config["quality_control"]["segmenter"] = "dginstyle"
     with pytest.raises(ConfigError, match="'quality_control.segmenter': 'dginstyle' is not an experiment trained on the source alone"):
         validate_config(config)
-    config = load("default")
+    config = load("smoke")  # the default config has no with_qc row
     config["experiments"]["source_only"]["quality_control"] = True
     with pytest.raises(ConfigError, match="'experiments.source_only.quality_control'"):
         validate_config(config)

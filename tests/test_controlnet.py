@@ -173,7 +173,7 @@ def test_validation_images_are_made_with_the_prior_unet(world, monkeypatch):
 
 def test_control_gain_is_zero_for_a_fresh_controlnet(world):
     """A ControlNet straight from U^S has zero convolutions: with or without it, the same loss."""
-    from dginstyle.diffusion import controlnet as cn, crops, models
+    from dginstyle.diffusion import controlnet as cn, models
     from dginstyle.diffusion.finetune import Runtime
 
     components = models.load_components(world["prior"])

@@ -91,9 +91,11 @@ def test_every_model_is_in_the_schema_and_the_cli():
     schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())["properties"]
     assert schema["segmentation"]["properties"]["model"]["enum"] == list(MODEL_NAMES)
     assert schema["experiments"]["additionalProperties"]["properties"]["model"]["enum"] == list(MODEL_NAMES)
-    assert set(MODEL_NAMES) == {"daformer_mitb5", "daformer_tiny", "deeplabv2_r101", "deeplabv2_tiny", "segformer_mitb5", "segformer_tiny"}
+    assert set(MODEL_NAMES) == {"daformer_mitb5", "daformer_tiny", "deeplabv2_r101", "deeplabv2_tiny", "segformer_mitb5", "segformer_tiny",
+                                "hrda_daformer_mitb5", "hrda_daformer_tiny", "hrda_deeplabv2_r101", "hrda_deeplabv2_tiny"}  # fmt: skip
     # a tiny variant shares its paper model's backbone class and head
-    for tiny, paper in [("daformer_tiny", "daformer_mitb5"), ("deeplabv2_tiny", "deeplabv2_r101"), ("segformer_tiny", "segformer_mitb5")]:
+    pairs = [("daformer_tiny", "daformer_mitb5"), ("deeplabv2_tiny", "deeplabv2_r101"), ("segformer_tiny", "segformer_mitb5")]
+    for tiny, paper in pairs + [("hrda_daformer_tiny", "hrda_daformer_mitb5"), ("hrda_deeplabv2_tiny", "hrda_deeplabv2_r101")]:
         assert MODELS_[tiny]["head"] == MODELS_[paper]["head"]
         assert BACKBONES[MODELS_[tiny]["backbone"]]["kind"] == BACKBONES[MODELS_[paper]["backbone"]]["kind"]
     from dginstyle.cli import build_parser
@@ -214,7 +216,7 @@ def test_experiments_choose_their_model_and_pretrained_weights_follow_the_backbo
     # one path: the weights of segmentation.model's backbone; another backbone needs its own
     with pytest.raises(ConfigError, match=r"'experiments.deeplabv2_source_only.model': deeplabv2_tiny has backbone resnet_tiny_v1c"):
         validate_config(_config(pretrained="mit.safetensors"))
-    config = _config(pretrained={"mit_tiny": "mit.safetensors", "resnet_tiny_v1c": None})
+    config = _config(pretrained={"mit_tiny": "mit.safetensors", "resnet_tiny_v1c": None, "mit_tiny_sr4": None})
     config = validate_config(config)
     assert pretrained_weights(config, "segformer_tiny") == "mit.safetensors" == pretrained_weights(config, "daformer_tiny")
     assert pretrained_weights(config, "deeplabv2_tiny") is None
@@ -229,7 +231,7 @@ def test_experiments_choose_their_model_and_pretrained_weights_follow_the_backbo
 def test_the_dag_gives_each_experiment_its_model_and_backbone_weights(tmp_path):
     from test_workflow import snakemake, write_config
 
-    config = _config(pretrained={"mit_tiny": "weights/mit tiny.safetensors", "resnet_tiny_v1c": None})
+    config = _config(pretrained={"mit_tiny": "weights/mit tiny.safetensors", "resnet_tiny_v1c": None, "mit_tiny_sr4": None})
     configfile = write_config(tmp_path / "config.yaml", config)
     runs = ["source_only", "deeplabv2_source_only", "segformer_source_only"]
     targets = [f"results/segmentation/{r}/seed0" for r in runs]

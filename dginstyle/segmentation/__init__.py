@@ -1,7 +1,8 @@
 """Segmentation stages (mmsegmentation 1.x): our heads, dataset classes, training, evaluation.
 
 Importing this package is light. `register_modules()` imports the modules that register
-classes in mmseg's registries (the DAFormer and DeepLabV2 heads and the dataset classes); the
+classes in mmseg's registries (the DAFormer and DeepLabV2 heads, HRDA's head and segmentor,
+and the dataset classes); the
 configs we write list the same modules under `custom_imports`, so
 `mmseg.apis.init_model(config.py)` finds them too. The models by name: `catalog.py`.
 """
@@ -11,6 +12,8 @@ from __future__ import annotations
 REGISTERED_MODULES = (
     "dginstyle.segmentation.daformer_head",
     "dginstyle.segmentation.dlv2_head",
+    "dginstyle.segmentation.hrda_head",
+    "dginstyle.segmentation.hrda_encoder_decoder",
     "dginstyle.segmentation.datasets",
 )
 

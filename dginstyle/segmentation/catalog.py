@@ -16,6 +16,10 @@ from __future__ import annotations
 BACKBONES = {
     "mit_b5": dict(kind="mit", embed_dims=64, num_layers=[3, 6, 40, 3], num_heads=[1, 2, 5, 8]),
     "mit_tiny": dict(kind="mit", embed_dims=16, num_layers=[1, 1, 1, 1], num_heads=[1, 2, 5, 8]),
+    # mit_tiny with attention spatial reductions (4, 2, 1, 1) instead of (8, 4, 2, 1): MiT's
+    # reduction is a conv with kernel = stride = ratio, so (8, 4, 2, 1) needs inputs of at least
+    # 32 px, and the tiny HRDA's context inputs are 16 px (a 32 px crop or window at scale 0.5)
+    "mit_tiny_sr4": dict(kind="mit", embed_dims=16, num_layers=[1, 1, 1, 1], num_heads=[1, 2, 5, 8], sr_ratios=[4, 2, 1, 1]),
     "resnet101_v1c": dict(kind="resnet", depth=101, stem_channels=64, base_channels=64),
     # depth 50 keeps the Bottleneck blocks of ResNet-101 (depth 18/34 would switch to BasicBlock)
     "resnet_tiny_v1c": dict(kind="resnet", depth=50, stem_channels=16, base_channels=8),
@@ -32,6 +36,25 @@ MODELS_ = {
     "segformer_mitb5": dict(backbone="mit_b5", head="segformer", head_channels=768),
     "segformer_tiny": dict(backbone="mit_tiny", head="segformer", head_channels=32),
 }
+
+# HRDA (Hoyer et al., ECCV 2022) around the DAFormer and DeepLabV2 networks: the same backbone
+# and base head, wrapped by HRDAEncoderDecoder / HRDAHead (configs.hrda_model_config). The
+# context crop is the whole training crop downscaled by `context_scale`; the detail crop is
+# `detail_crop_ratio` of the training crop at full resolution, rounded down to a multiple of the
+# head's output stride / context_scale (8 on MiT, 16 on the dilated ResNet) so that it lies on
+# whole cells of both prediction grids. DGInStyle's HRDA rows (its release, "hrda1-512-0.1"):
+# training crop 1024, context 0.5 (-> 512), detail crop 512, detail loss weight 0.1, class-wise
+# attention; with `crop_size: 1024` these settings give exactly that. Tiny variants: the
+# default miniature crop 64 gives a 32 context and a 32 detail crop, the smoke crop 32 gives 16
+# and 16; the tiny DAFormer-HRDA uses mit_tiny_sr4 (above) so that MiT takes 16 px inputs.
+# `hr_slide_batch`: detail crops per backbone call at inference (None: all at once).
+HRDA = dict(context_scale=0.5, detail_crop_ratio=0.5, hr_loss_weight=0.1, attention_classwise=True)
+MODELS_.update({
+    "hrda_daformer_mitb5": dict(MODELS_["daformer_mitb5"], hrda=dict(HRDA, hr_slide_batch=8)),
+    "hrda_daformer_tiny": dict(MODELS_["daformer_tiny"], backbone="mit_tiny_sr4", hrda=dict(HRDA, hr_slide_batch=None)),
+    "hrda_deeplabv2_r101": dict(MODELS_["deeplabv2_r101"], hrda=dict(HRDA, hr_slide_batch=8)),
+    "hrda_deeplabv2_tiny": dict(MODELS_["deeplabv2_tiny"], hrda=dict(HRDA, hr_slide_batch=None)),
+})  # fmt: skip
 MODEL_NAMES = tuple(MODELS_)
 
 # DeepLabV2's atrous rates as the DGInStyle release trains it ("dlv2red" in its experiments.py,

@@ -34,7 +34,7 @@ def _backbone_config(name: str, drop_path_rate: float, norm_cfg: dict) -> tuple[
             num_layers=list(b["num_layers"]),
             num_heads=list(b["num_heads"]),
             patch_sizes=[7, 3, 3, 3],
-            sr_ratios=[8, 4, 2, 1],
+            sr_ratios=list(b.get("sr_ratios", [8, 4, 2, 1])),
             out_indices=(0, 1, 2, 3),
             mlp_ratio=4,
             qkv_bias=True,
@@ -98,7 +98,7 @@ def model_config(name: str, crop_size: tuple[int, int], *, window=None, stride=N
     stride = tuple(stride or (max(1, window[0] // 2), max(1, window[1] // 2)))
     norm_cfg = dict(type="BN", requires_grad=True)  # SyncBN needs distributed CUDA
     backbone, channels = _backbone_config(spec["backbone"], drop_path_rate, norm_cfg)
-    return dict(
+    config = dict(
         type="EncoderDecoder",
         data_preprocessor=dict(
             type="SegDataPreProcessor",
@@ -114,6 +114,49 @@ def model_config(name: str, crop_size: tuple[int, int], *, window=None, stride=N
         decode_head=_head_config(spec, channels, norm_cfg),
         train_cfg=dict(),
         test_cfg=dict(mode="slide", crop_size=window, stride=stride),
+    )
+    return hrda_model_config(config, spec, crop_size) if spec.get("hrda") else config
+
+
+# output stride of each base head w.r.t. its input (MiT heads at stride 4; the dilated ResNetV1c 8)
+HEAD_OUTPUT_STRIDE = {"daformer": 4, "segformer": 4, "deeplabv2": 8}
+
+
+def hrda_detail_crop(spec: dict, crop_size: tuple[int, int]) -> tuple[int, int]:
+    """The detail crop (h, w) of an HRDA model at a training crop (see catalog.HRDA)."""
+    hrda = spec["hrda"]
+    align = int(round(HEAD_OUTPUT_STRIDE[spec["head"]] / hrda["context_scale"]))
+    return tuple(min(c, max(align, int(c * hrda["detail_crop_ratio"]) // align * align)) for c in crop_size)
+
+
+def hrda_model_config(config: dict, spec: dict, crop_size: tuple[int, int]) -> dict:
+    """An EncoderDecoder config of model_config turned into HRDA (HRDAEncoderDecoder + HRDAHead
+    wrapping its decode head). The training crop is the context crop before downscaling; the
+    sliding-window test config (window = training crop) stays: HRDA runs inside each window.
+
+    The context loss weight follows the DGInStyle release: 0 when the detail crop is smaller
+    than the training crop (the context prediction is supervised through the fused loss outside
+    the detail crop), the detail weight when it covers the whole crop."""
+    hrda = spec["hrda"]
+    detail = hrda_detail_crop(spec, tuple(crop_size))
+    stride = HEAD_OUTPUT_STRIDE[spec["head"]]
+    return dict(
+        config,
+        type="HRDAEncoderDecoder",
+        decode_head=dict(
+            type="HRDAHead",
+            base_head=config["decode_head"],
+            output_stride=stride,
+            hr_loss_weight=hrda["hr_loss_weight"],
+            lr_loss_weight=hrda["hr_loss_weight"] if detail == tuple(crop_size) else 0.0,
+            attention_classwise=hrda["attention_classwise"],
+            attention_embed_dims=spec["head_channels"] or 256,
+        ),
+        context_scale=hrda["context_scale"],
+        hr_crop_size=detail,
+        crop_coord_divisible=int(round(stride / hrda["context_scale"])),
+        hr_slide_inference=True,
+        hr_slide_batch=hrda["hr_slide_batch"],
     )
 
 

@@ -11,6 +11,11 @@ Output folder (written in a hidden sibling, renamed when complete):
     config.py             the mmseg/mmengine config (mmseg.apis.init_model(config.py) builds the model)
     train_log.jsonl       one JSON row per log interval: iter, loss, lr, sample origins
     metadata.json         settings, dataset sizes, timing, versions
+
+Source-only extras of the paper's setting (DAFormer's; both off by default):
+    --feature-distance      ImageNet feature distance on thing classes against a frozen copy of
+                            the pretrained backbone (feature_distance.py; needs --pretrained)
+    --rare-class-sampling   rare class sampling of the source images (rcs.py)
 """
 
 from __future__ import annotations
@@ -68,6 +73,14 @@ def _schedule_factor(it: int, iterations: int, warmup: int, power: float) -> flo
     return (1 - min(it - warmup, span) / span) ** power if span > 0 else 1.0
 
 
+def _log_iter(line: str) -> int | None:
+    """The iteration of a train_log.jsonl row; None for a blank line or one cut short by a kill."""
+    try:
+        return int(json.loads(line)["iter"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def _make_hooks(log_path: Path, log_interval: int, generated_roots: list[str], pretrained: tuple[Path, dict] | None, schedule: dict):
     from mmengine.hooks import Hook
 
@@ -88,7 +101,7 @@ def _make_hooks(log_path: Path, log_interval: int, generated_roots: list[str], p
             self.start_iter = runner.iter
             self.start_time = time.perf_counter()
             if log_path.is_file():  # drop rows past the resumed iteration (written after the last checkpoint)
-                rows = [line for line in log_path.read_text().splitlines() if line.strip() and json.loads(line)["iter"] <= runner.iter]
+                rows = [line for line in log_path.read_text().splitlines() if (it := _log_iter(line)) is not None and it <= runner.iter]
                 log_path.write_text("".join(r + "\n" for r in rows))
             if runner.iter == 0 and pretrained is not None:  # after the model's own init_weights
                 path, state = pretrained
@@ -167,10 +180,21 @@ def train_segmentation(
     generated_resize: tuple[int, int] | None = None,
     checkpoint_interval: int = 1000,
     log_interval: int = 50,
+    feature_distance: bool = False,
+    fd_lambda: float = 0.005,
+    fd_classes: tuple[int, ...] | list[int] | None = None,
+    fd_min_ratio: float = 0.75,
+    rare_class_sampling: bool = False,
+    rcs_temperature: float = 0.01,
+    rcs_min_pixels: int | None = None,
+    rcs_min_crop_ratio: float = 0.5,
 ) -> dict:
     """Train; write `out` (see module docstring) and return its metadata.
 
     crop_size is (h, w) (an int for a square); source_resize / generated_resize are (w, h).
+    feature_distance: DAFormer's ImageNet feature distance (lambda `fd_lambda` on the train IDs
+    `fd_classes`, default the thing classes; needs `pretrained`). rare_class_sampling: RCS of
+    the source images (temperature, min pixels: default the prepared dataset's threshold).
     """
     import torch
 
@@ -194,6 +218,26 @@ def train_segmentation(
         raise DataError("batch size, checkpoint interval and log interval must be >= 1")
     n_source = len(prepared_samples(source, "train"))
     n_generated = sum(len(generated_samples(g)) for g in generated)
+    fd_settings = rcs_settings = None
+    if feature_distance:
+        from dginstyle.segmentation.feature_distance import THING_CLASSES, check_settings
+
+        if pretrained is None:
+            raise DataError(
+                "--feature-distance needs --pretrained: the feature distance pulls the features towards a frozen copy of the "
+                "ImageNet-pretrained backbone, which a model trained from scratch does not have"
+            )
+        weight, classes, ratio = check_settings(fd_lambda, THING_CLASSES if fd_classes is None else fd_classes, fd_min_ratio)
+        fd_settings = dict(weight=weight, classes=classes, min_ratio=ratio)
+    if rare_class_sampling:
+        from dginstyle.labels import CLASSES
+        from dginstyle.segmentation.rcs import read_class_draws
+
+        if not 0.0 <= rcs_min_crop_ratio <= 1.0:
+            raise DataError(f"RCS min crop ratio must be in [0, 1], got {rcs_min_crop_ratio}")
+        draws, _ = read_class_draws(source, "train", rcs_temperature, rcs_min_pixels)  # one line on a problem, before anything is built
+        rcs_settings = dict(temperature=float(rcs_temperature), min_pixels=draws.min_pixels, min_crop_ratio=float(rcs_min_crop_ratio))
+        rcs_probabilities = {CLASSES[c]: round(float(p), 6) for c, p in enumerate(draws.probabilities) if round(float(p), 6) > 0}
 
     # Read (and convert) the pretrained backbone before anything is built, so a refused or
     # unreadable file stops the run at once; it is copied in when training starts.
@@ -206,6 +250,15 @@ def train_segmentation(
         warmup_iterations=warmup_iterations, poly_power=poly_power, seed=seed, source_resize=source_resize,
         generated_resize=generated_resize, checkpoint_interval=checkpoint_interval, log_interval=log_interval,
     )  # fmt: skip
+    if rcs_settings is not None:
+        from dginstyle.segmentation.rcs import with_rare_class_sampling
+
+        cfg["train_dataloader"] = with_rare_class_sampling(cfg["train_dataloader"], **rcs_settings)
+        cfg["custom_imports"]["imports"].append("dginstyle.segmentation.rcs")
+    # Recorded in the saved config for its readers (the model config itself is the plain model:
+    # the feature distance's frozen copy exists only while training).
+    cfg["dginstyle"]["feature_distance"] = None if fd_settings is None else {**fd_settings, "classes": list(fd_settings["classes"]), "pretrained": str(pretrained)}
+    cfg["dginstyle"]["rare_class_sampling"] = rcs_settings
     if resume_from is not None:
         allow_mmengine_checkpoint_types()
         # Read it once through our refusing loader before mmengine does: mmengine loads it
@@ -219,6 +272,14 @@ def train_segmentation(
         problem = backbone_mismatch(runner.model.backbone, pretrained_state)
         if problem:
             raise DataError(f"{pretrained}: {problem}")
+    fd = None
+    if fd_settings is not None:
+        from dginstyle.segmentation.feature_distance import FeatureDistance, frozen_backbone
+
+        # Built again on every start (resume included) from the same pretrained file: the copy
+        # is never in a checkpoint or in weights.safetensors.
+        teacher = frozen_backbone(runner.model.backbone, pretrained_state, Path(pretrained))
+        fd = FeatureDistance(teacher, **fd_settings).attach(runner.model)
     log_path = work_dir / TRAIN_LOG
     generated_roots = [str(g.resolve()) + os.sep for g in generated]
     schedule = dict(iterations=iterations, warmup=warmup_iterations, power=poly_power)
@@ -253,7 +314,10 @@ def train_segmentation(
         "generated": [str(g) for g in generated],
         "source_samples": n_source,
         "generated_samples": n_generated,
-        "mix": "ConcatDataset of source train + generated pairs (mix follows their sizes)",
+        "mix": "ConcatDataset of source train + generated pairs (mix follows their sizes)"
+        + ("; source positions drawn by rare class sampling" if rcs_settings else ""),
+        "feature_distance": None if fd is None else {**fd.describe(), "pretrained": str(pretrained), "extra_backbone_forwards": fd.extra_forwards},
+        "rare_class_sampling": None if rcs_settings is None else {**rcs_settings, "class_probabilities": rcs_probabilities},
         "source_resize_wh": list(source_resize) if source_resize else None,
         "generated_resize_wh": list(generated_resize) if generated_resize else None,
         "resumed_from": str(resume_from) if resume_from else None,
@@ -290,6 +354,13 @@ def _size_wh(text: str) -> tuple[int, int]:
     return (w, h)
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers") from None
+
+
 def add_cli(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train-segmentation",
@@ -318,6 +389,16 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--generated-resize", type=_size_wh, default=None, help="resize generated images to WIDTHxHEIGHT")
     p.add_argument("--checkpoint-interval", type=int, default=1000)
     p.add_argument("--log-interval", type=int, default=50)
+    fd = p.add_argument_group("ImageNet feature distance (DAFormer; needs --pretrained)")
+    fd.add_argument("--feature-distance", action="store_true", help="add lambda x the L2 distance of the bottleneck features to a frozen ImageNet copy, on thing-class pixels")
+    fd.add_argument("--fd-lambda", type=float, default=0.005)
+    fd.add_argument("--fd-classes", type=_int_list, default=None, help="train IDs, comma-separated (default: 6,7,11,...,18, the thing classes)")
+    fd.add_argument("--fd-min-ratio", type=float, default=0.75, help="a feature pixel counts as its label's majority class when it holds this share")
+    rcs = p.add_argument_group("rare class sampling of the source images (DAFormer)")
+    rcs.add_argument("--rare-class-sampling", action="store_true", help="draw source images by class (p(c) = softmax((1 - f_c) / T)), then an image holding it")
+    rcs.add_argument("--rcs-temperature", type=float, default=0.01)
+    rcs.add_argument("--rcs-min-pixels", type=int, default=None, help="pixels of the class an image must hold (default: the prepared dataset's threshold)")
+    rcs.add_argument("--rcs-min-crop-ratio", type=float, default=0.5, help="reload a crop holding no more than this x min pixels of the class (up to 10 times)")
     p.set_defaults(handler=_run)
 
 
@@ -329,5 +410,7 @@ def _run(args: argparse.Namespace) -> None:
         weight_decay=args.weight_decay, warmup_iterations=args.warmup_iterations, poly_power=args.poly_power,
         seed=args.seed, threads=args.threads, pretrained=args.pretrained, source_resize=args.source_resize,
         generated_resize=args.generated_resize, checkpoint_interval=args.checkpoint_interval,
-        log_interval=args.log_interval,
+        log_interval=args.log_interval, feature_distance=args.feature_distance, fd_lambda=args.fd_lambda,
+        fd_classes=args.fd_classes, fd_min_ratio=args.fd_min_ratio, rare_class_sampling=args.rare_class_sampling,
+        rcs_temperature=args.rcs_temperature, rcs_min_pixels=args.rcs_min_pixels, rcs_min_crop_ratio=args.rcs_min_crop_ratio,
     )  # fmt: skip

@@ -228,12 +228,24 @@ def quality_control_segmenter(wildcards):
 
 
 # The segmentation settings every experiment shares; its model (and so its pretrained
-# backbone) is the experiment's own, a param of its own, so changing one experiment's model
-# reruns that experiment only.
+# backbone) and its feature distance / rare class sampling settings are the experiment's own,
+# flags of its own (segmentation_options), so changing them reruns those experiments only.
+SEGMENTATION_OWN = (
+    "model",
+    "pretrained",
+    "feature_distance",
+    "feature_distance_lambda",
+    "feature_distance_classes",
+    "feature_distance_min_ratio",
+    "rare_class_sampling",
+    "rcs_temperature",
+    "rcs_min_pixels",
+    "rcs_min_crop_ratio",
+)
 SEGMENTATION_SHARED = {
     key: value
     for key, value in config["segmentation"].items()
-    if key not in ("model", "pretrained")
+    if key not in SEGMENTATION_OWN
 }
 
 
@@ -243,8 +255,8 @@ def experiment_model(wildcards):
 
 
 def segmentation_options(wildcards):
-    """Optional train-segmentation flags: resizes and the pretrained backbone weights of the
-    experiment's model."""
+    """Optional train-segmentation flags: resizes, the pretrained backbone weights of the
+    experiment's model, its feature distance and rare class sampling."""
     hp = config["segmentation"]
     options = []
     if hp["source_resize"]:
@@ -254,6 +266,23 @@ def segmentation_options(wildcards):
     pretrained = pretrained_weights(config, experiment_model(wildcards))
     if pretrained:
         options.append(f"--pretrained {shlex.quote(pretrained)}")
+    experiment = config["experiments"][wildcards.experiment]
+    if experiment.get("feature_distance", hp["feature_distance"]):
+        options.append(
+            "--feature-distance --fd-lambda {} --fd-classes {} --fd-min-ratio {}".format(
+                hp["feature_distance_lambda"],
+                ",".join(str(c) for c in hp["feature_distance_classes"]),
+                hp["feature_distance_min_ratio"],
+            )
+        )
+    if experiment.get("rare_class_sampling", hp["rare_class_sampling"]):
+        options.append(
+            "--rare-class-sampling --rcs-temperature {} --rcs-min-crop-ratio {}".format(
+                hp["rcs_temperature"], hp["rcs_min_crop_ratio"]
+            )
+        )
+        if hp["rcs_min_pixels"] is not None:
+            options.append(f"--rcs-min-pixels {hp['rcs_min_pixels']}")
     return " ".join(options)
 
 

@@ -1,0 +1,195 @@
+"""Rare class sampling (RCS) of the source images during segmentation training (DAFormer;
+method.md sections 2-3).
+
+Each source draw picks a class c with p(c) = softmax((1 - f_c) / T) (f_c: the class's pixel
+share over the source train split, T = 0.01), then uniformly an image holding more than
+`min_pixels` of c (DAFormer: 3000). The statistics are the ones `prepare` wrote
+(class_stats/train.json of the prepared source: per-image class pixel counts); `min_pixels`
+defaults to the threshold the dataset was prepared with (prepare.rcs_min_pixels, so it scales
+with the miniature world's image size). As in DAFormer, when the random crop of the drawn image
+holds no more than `min_crop_ratio` x `min_pixels` pixels of c (ratio 0.5), the sample is
+loaded again (new crop), at most 10 times.
+
+Generated data keeps its plain concatenation: the sampler walks a seeded permutation of the
+whole training set (source + generated) as mmengine's InfiniteSampler does, and every position
+that falls on a source image is replaced by an RCS draw. So the mix still follows the sizes
+(per pass: as many source draws as source images, every generated pair once) and only which
+source images are seen changes.
+
+Two registered pieces:
+- `RareClassDataset` (mmseg DATASETS) wraps the training dataset (the source alone, or the
+  ConcatDataset of source + generated). Its indices beyond len(dataset) name a draw:
+  len + source_index * NUM_CLASSES + class, which it loads with the crop check above.
+- `RareClassSampler` (mmengine DATA_SAMPLERS) yields those indices, seeded: the same seed gives
+  the same sequence (and a resumed run, which mmengine fast-forwards through the sampler,
+  sees the same draws).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+
+from dginstyle.compat import import_mmseg
+
+import_mmseg(init_default_scope=False)
+
+from mmengine.dataset import ConcatDataset  # noqa: E402
+from mmengine.dist import get_dist_info, sync_random_seed  # noqa: E402
+from mmengine.registry import DATA_SAMPLERS  # noqa: E402
+from mmseg.registry import DATASETS  # noqa: E402
+from torch.utils.data import Sampler  # noqa: E402
+
+from dginstyle.diffusion.crops import RareClassSampler as ClassDraws  # noqa: E402
+from dginstyle.io import DataError  # noqa: E402
+from dginstyle.labels import CLASSES, NUM_CLASSES  # noqa: E402
+
+TEMPERATURE = 0.01
+MIN_CROP_RATIO = 0.5
+CROP_TRIES = 10
+
+
+def _source_part(dataset):
+    """The PreparedSegDataset inside a training dataset (alone, or first of a ConcatDataset)."""
+    from dginstyle.segmentation.datasets import PreparedSegDataset
+
+    source = dataset.datasets[0] if isinstance(dataset, ConcatDataset) else dataset
+    if not isinstance(source, PreparedSegDataset):
+        raise DataError(f"rare class sampling needs a prepared source dataset first in the training set, found {type(source).__name__}")
+    return source
+
+
+def read_class_draws(dataset_dir, split: str = "train", temperature: float = TEMPERATURE, min_pixels: int | None = None):
+    """(class/image draws from <dataset_dir>/class_stats/<split>.json, that file's path);
+    `min_pixels` None: the threshold the dataset was prepared with. DataError with one line."""
+    stats_path = Path(dataset_dir) / "class_stats" / f"{split}.json"
+    if not stats_path.is_file():
+        raise DataError(f"{stats_path}: class statistics not found (written by `dginstyle prepare`); rare class sampling needs them")
+    try:
+        stats = json.loads(stats_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{stats_path}: not valid JSON ({exc.msg})") from None
+    if min_pixels is None:
+        min_pixels = stats.get("min_pixels")
+        if min_pixels is None:
+            raise DataError(f"{stats_path}: no min_pixels recorded; give the RCS min pixels explicitly")
+    if int(min_pixels) < 0:
+        raise DataError(f"RCS min pixels must be >= 0, got {min_pixels}")
+    return ClassDraws(stats, float(temperature), int(min_pixels), str(stats_path)), stats_path
+
+
+@DATASETS.register_module()
+class RareClassDataset:
+    """The training dataset, plus RCS draws of its source images (see module docstring)."""
+
+    def __init__(self, dataset, temperature: float = TEMPERATURE, min_pixels: int | None = None, min_crop_ratio: float = MIN_CROP_RATIO):
+        self.dataset = DATASETS.build(dataset) if isinstance(dataset, dict) else dataset
+        if hasattr(self.dataset, "full_init"):
+            self.dataset.full_init()
+        if not 0.0 <= float(min_crop_ratio) <= 1.0:
+            raise DataError(f"RCS min crop ratio must be in [0, 1], got {min_crop_ratio}")
+        source = _source_part(self.dataset)
+        self.num_source = len(source)
+        self.draws, stats_path = read_class_draws(source.dataset_dir, source.split, temperature, min_pixels)
+        self.min_pixels = self.draws.min_pixels
+        self.min_crop_ratio = float(min_crop_ratio)
+        self.temperature = float(temperature)
+        index_of = {Path(source.get_data_info(i)["seg_map_path"]).stem: i for i in range(self.num_source)}
+        missing = [stem for stem in self.draws.stems if stem not in index_of]
+        if missing or len(self.draws.stems) != self.num_source:
+            raise DataError(f"{stats_path}: class statistics do not describe the split's images (e.g. {(missing or ['a count mismatch'])[0]!r}); prepare the dataset again")
+        self.index_of = index_of
+
+    # mmengine reads these from a training dataset
+    @property
+    def metainfo(self) -> dict:
+        return copy.deepcopy(self.dataset.metainfo)
+
+    def full_init(self) -> None:
+        pass
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def draw_index(self, rng: np.random.Generator) -> int:
+        """One RCS draw (class, then image), as an index of this dataset."""
+        cls, stem = self.draws.sample(rng)
+        return len(self.dataset) + self.index_of[stem] * NUM_CLASSES + cls
+
+    @staticmethod
+    def _class_pixels(sample: dict, cls: int) -> int | None:
+        data_sample = sample.get("data_samples") if isinstance(sample, dict) else None
+        gt = getattr(data_sample, "gt_sem_seg", None)
+        return None if gt is None else int((gt.data == cls).sum())
+
+    def __getitem__(self, idx: int):
+        idx = int(idx)
+        size = len(self.dataset)
+        if idx < size:
+            return self.dataset[idx]
+        source_index, cls = divmod(idx - size, NUM_CLASSES)
+        if source_index >= self.num_source:
+            raise IndexError(f"RCS index {idx} out of range")
+        sample = self.dataset[source_index]
+        if self.min_crop_ratio > 0:
+            for _ in range(CROP_TRIES):
+                count = self._class_pixels(sample, cls)
+                if count is None or count > self.min_pixels * self.min_crop_ratio:
+                    break
+                sample = self.dataset[source_index]
+        return sample
+
+    def describe(self) -> dict:
+        p = self.draws.probabilities
+        return {
+            "temperature": self.temperature,
+            "min_pixels": self.min_pixels,
+            "min_crop_ratio": self.min_crop_ratio,
+            "class_probabilities": {CLASSES[c]: round(float(p[c]), 6) for c in range(NUM_CLASSES) if round(float(p[c]), 6) > 0},
+        }
+
+
+@DATA_SAMPLERS.register_module()
+class RareClassSampler(Sampler):
+    """Infinite seeded sampler over a `RareClassDataset` (see module docstring)."""
+
+    def __init__(self, dataset, seed: int | None = None):
+        if not isinstance(dataset, RareClassDataset):
+            raise DataError(f"RareClassSampler needs a RareClassDataset, got {type(dataset).__name__}")
+        self.dataset = dataset
+        self.rank, self.world_size = get_dist_info()
+        self.seed = sync_random_seed() if seed is None else int(seed)
+        self.size = len(dataset)
+        self.indices = self._indices_of_rank()
+
+    def _infinite_indices(self):
+        rng = np.random.default_rng([self.seed, 0x5C5])
+        num_source = self.dataset.num_source
+        while True:
+            for idx in rng.permutation(self.size):
+                yield self.dataset.draw_index(rng) if idx < num_source else int(idx)
+
+    def _indices_of_rank(self):
+        yield from itertools.islice(self._infinite_indices(), self.rank, None, self.world_size)
+
+    def __iter__(self):
+        yield from self.indices
+
+    def __len__(self) -> int:
+        return self.size
+
+    def set_epoch(self, epoch: int) -> None:
+        """Iteration-based training: nothing to do (as InfiniteSampler)."""
+
+
+def with_rare_class_sampling(dataloader: dict, temperature: float = TEMPERATURE, min_pixels: int | None = None, min_crop_ratio: float = MIN_CROP_RATIO) -> dict:
+    """A train_dataloader config whose dataset is wrapped in RareClassDataset and sampled by
+    RareClassSampler (the seed comes from the Runner's randomness seed)."""
+    out = copy.deepcopy(dataloader)
+    out["dataset"] = dict(type="RareClassDataset", dataset=out["dataset"], temperature=temperature, min_pixels=min_pixels, min_crop_ratio=min_crop_ratio)
+    out["sampler"] = dict(type="RareClassSampler")
+    return out
