@@ -306,6 +306,6 @@ def test_smoke_dag_is_deterministic_and_the_seed_matters(smoke_run, tmp_path):
     other.mkdir()
     reseeded = write_config(other / "config.yaml", config)
     plan = "results/generated/dginstyle/plan.jsonl"
-    result = snakemake("--cores", "2", "--configfile", str(reseeded), plan, cwd=other)
+    result = snakemake(plan, "--cores", "2", "--configfile", str(reseeded), cwd=other)  # --configfile takes several values
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (other / plan).read_bytes() != (smoke_run / plan).read_bytes()
