@@ -229,3 +229,59 @@ def test_gradient_checkpointing_gives_the_same_training(world):
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
     meta = json.loads((world["root"] / "cn_gc" / models.METADATA).read_text())
     assert meta["gradient_checkpointing"] is True and meta["compute_dtype"] == "torch.float32"
+
+
+CLI_SCRIPT = """
+import argparse, sys
+from dginstyle.diffusion import controlnet
+parser = argparse.ArgumentParser()
+controlnet.add_cli(parser.add_subparsers(dest="command"))
+args = parser.parse_args(sys.argv[1:])
+args.handler(args)
+"""
+
+
+def test_sigkill_mid_training_then_rerun_equals_an_uninterrupted_run(world):
+    """Issue 7: a ControlNet job killed at a checkpoint and run again ends with the weights of a
+    run that was never interrupted (optimizer, RNG streams and data draws all resume)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from safetensors.torch import load_file
+
+    root = world["root"]
+
+    def argv(name: str) -> list[str]:
+        return [
+            "train-controlnet", "--prior", str(world["prior"]), "--unet", str(world["unet"]), "--source", str(world["source"]),
+            "--out", str(root / name), "--checkpoints", str(root / f"ck_{name}"), "--steps", "12", "--crop-size", str(CROP),
+            "--learning-rate", "1e-3", "--batch-size", "2", "--gradient-accumulation", "1", "--rcs-min-pixels", "12",
+            "--checkpoint-every", "1", "--device", "cpu", "--mixed-precision", "no",
+        ]  # fmt: skip
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-c", CLI_SCRIPT, *argv("cn_killed")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ck = root / "ck_cn_killed"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None and not (ck / "step_00000003").is_dir():
+            time.sleep(0.05)
+        assert proc.poll() is None, f"finished or failed before the kill: {proc.stderr.read().decode()[-2000:]}"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (root / "cn_killed").exists()  # nothing a rerun could take as complete
+    for name in ("cn_killed", "cn_straight"):  # the rerun, and a run never interrupted
+        done = subprocess.run([sys.executable, "-c", CLI_SCRIPT, *argv(name)], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+    meta = json.loads((root / "cn_killed" / models.METADATA).read_text())
+    assert meta["steps"] == 12 and meta["resumed_from"]
+    resumed = load_file(root / "cn_killed" / "diffusion_pytorch_model.safetensors")
+    straight = load_file(root / "cn_straight" / "diffusion_pytorch_model.safetensors")
+    assert resumed.keys() == straight.keys()
+    worst = max(float((resumed[k] - straight[k]).abs().max()) for k in resumed)
+    assert worst < 1e-5, worst
