@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_finetune import _one_thread, CROP, FAST, tiny_world  # noqa: F401 (_one_thread: autouse fixture)
+from test_finetune import _one_thread, CROP, FAST, sigkill_once, tiny_world  # noqa: F401 (_one_thread: autouse fixture)
 
 from dginstyle.diffusion import controlnet as cn_stage
 from dginstyle.diffusion import crops, finetune, models
@@ -231,24 +231,12 @@ def test_gradient_checkpointing_gives_the_same_training(world):
     assert meta["gradient_checkpointing"] is True and meta["compute_dtype"] == "torch.float32"
 
 
-CLI_SCRIPT = """
-import argparse, sys
-from dginstyle.diffusion import controlnet
-parser = argparse.ArgumentParser()
-controlnet.add_cli(parser.add_subparsers(dest="command"))
-args = parser.parse_args(sys.argv[1:])
-args.handler(args)
-"""
-
-
 def test_sigkill_mid_training_then_rerun_equals_an_uninterrupted_run(world):
     """Issue 7: a ControlNet job killed at a checkpoint and run again ends with the weights of a
     run that was never interrupted (optimizer, RNG streams and data draws all resume)."""
     import os
-    import signal
     import subprocess
     import sys
-    import time
 
     from safetensors.torch import load_file
 
@@ -262,26 +250,16 @@ def test_sigkill_mid_training_then_rerun_equals_an_uninterrupted_run(world):
             "--checkpoint-every", "1", "--device", "cpu", "--mixed-precision", "no",
         ]  # fmt: skip
 
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-c", CLI_SCRIPT, *argv("cn_killed")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    ck = root / "ck_cn_killed"
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None and not (ck / "step_00000003").is_dir():
-            time.sleep(0.05)
-        assert proc.poll() is None, f"finished or failed before the kill: {proc.stderr.read().decode()[-2000:]}"
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    command = [sys.executable, "-m", "dginstyle"]
+    sigkill_once([*command, *argv("cn_killed")], root / "ck_cn_killed" / "step_00000003")
     assert not (root / "cn_killed").exists()  # nothing a rerun could take as complete
-    for name in ("cn_killed", "cn_straight"):  # the rerun, and a run never interrupted
-        done = subprocess.run([sys.executable, "-c", CLI_SCRIPT, *argv(name)], env=env, capture_output=True, text=True)
+    for name in ("cn_killed", "cn_uninterrupted"):  # the rerun, and a run never interrupted
+        done = subprocess.run([*command, *argv(name)], env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-2000:]
     meta = json.loads((root / "cn_killed" / models.METADATA).read_text())
     assert meta["steps"] == 12 and meta["resumed_from"]
     resumed = load_file(root / "cn_killed" / "diffusion_pytorch_model.safetensors")
-    straight = load_file(root / "cn_straight" / "diffusion_pytorch_model.safetensors")
+    straight = load_file(root / "cn_uninterrupted" / "diffusion_pytorch_model.safetensors")
     assert resumed.keys() == straight.keys()
     worst = max(float((resumed[k] - straight[k]).abs().max()) for k in resumed)
     assert worst < 1e-5, worst

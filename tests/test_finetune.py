@@ -172,6 +172,22 @@ args.handler(args)
 """
 
 
+def sigkill_once(command: list[str], ready: Path, timeout: float = 120) -> None:
+    """Start `command` (one thread), SIGKILL it as soon as `ready` exists, and check that it was
+    still running then and died of the signal."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and proc.poll() is None and not ready.is_dir():
+            time.sleep(0.05)
+        assert proc.poll() is None, f"finished or failed before the kill: {proc.stderr.read().decode()[-2000:]}"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+
 def test_sigkill_mid_training_then_rerun_completes(world):
     root = world["root"]
     ck, out = root / "ck_kill", root / "ft_kill"
@@ -180,19 +196,7 @@ def test_sigkill_mid_training_then_rerun_completes(world):
         "--checkpoints", str(ck), "--steps", "30", "--crop-size", str(CROP), "--learning-rate", "1e-3",
         "--checkpoint-every", "1", "--device", "cpu", "--mixed-precision", "no",
     ]  # fmt: skip
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, *argv], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if (ck / "step_00000002").is_dir():
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, f"finished or failed before the kill: {proc.stderr.read().decode()[-2000:]}"
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    sigkill_once([sys.executable, "-c", SCRIPT, *argv], ck / "step_00000002")
     assert not out.exists()  # no half-written output
     killed_at = int(sorted(p.name for p in ck.iterdir() if p.name.startswith("step_"))[-1].split("_")[1])
     assert 2 <= killed_at < 30

@@ -75,6 +75,11 @@ def read_public_checkpoint(path: Path) -> dict:
     for name, value in state.items():
         if not isinstance(name, str) or not isinstance(value, torch.Tensor):
             raise DataError(f"{path}: not a state dict of tensors ({name!r} is a {type(value).__name__})")
+    return _strip_prefixes(state)
+
+
+def _strip_prefixes(state: dict) -> dict:
+    """The same tensors with the wrappers' key prefixes (`_PREFIXES`) removed."""
     out = {}
     for name, value in state.items():
         for prefix in _PREFIXES:
@@ -175,12 +180,7 @@ def read_backbone_weights(path: Path) -> dict:
     path = Path(path)
     if path.suffix == ".safetensors":
         state, _ = load_weights(path)
-        out = {}
-        for name, value in state.items():
-            for prefix in _PREFIXES:
-                name = name.removeprefix(prefix)
-            out[name] = value
-        return out
+        return _strip_prefixes(state)
     state = read_public_checkpoint(path)
     fmt = detect_format(state)
     if fmt is None:
