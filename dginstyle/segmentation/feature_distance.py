@@ -18,7 +18,9 @@ How it is wired: `FeatureDistance.attach(model)` wraps the segmentor's `loss` an
 `extract_feat(batch)`: the features the decode head was trained on are reused (no second
 forward of the model's backbone), and the frozen copy sees the same input. For EncoderDecoder
 that is the batch; for HRDA it is the downscaled context input (HRDA's feature distance, its
-feature_scale 0.5), whose features cover the whole label as well.
+feature_scale 0.5), whose features cover the whole label as well. With SHADE (shade.py) the
+backbone doubles the batch, [original; hallucinated]: both halves are compared with the copy's
+features of the original images, as the DGInStyle release does.
 The frozen copy is not a submodule of the model: it is in no state dict (checkpoints and
 weights.safetensors hold the trained model alone), in no optimizer group, and the saved
 config.py describes the plain model, so `mmseg.apis.init_model` loads a run as before. A
@@ -183,6 +185,11 @@ class FeatureDistance:
 
         teacher = self.teacher_features(inputs)
         labels = torch.stack([s.gt_sem_seg.data.to(inputs.device) for s in data_samples]).squeeze(1)
+        # SHADE (shade.py) doubles the batch inside the backbone, [original; hallucinated]: both
+        # halves are pulled towards the ImageNet features of the original images, as the
+        # DGInStyle release computes its feature distance on cat(img, img) with SHADE on.
+        teacher = teacher.repeat(student.shape[0] // teacher.shape[0], 1, 1, 1)
+        labels = labels.repeat(student.shape[0] // labels.shape[0], 1, 1)
         small = downscale_label_ratio(labels, tuple(student.shape[-2:]), self.min_ratio)
         mask = torch.isin(small, torch.tensor(self.classes, device=small.device))
         return self.weight * masked_feature_distance(student, teacher, mask)

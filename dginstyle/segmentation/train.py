@@ -12,15 +12,18 @@ Output folder (written in a hidden sibling, renamed when complete):
     train_log.jsonl       one JSON row per log interval: iter, loss, lr, sample origins
     metadata.json         settings, dataset sizes, timing, versions
 
-Source-only extras of the paper's setting (DAFormer's; both off by default):
+Source-only extras of the paper's setting (DAFormer's and HRDA's; all off by default):
     --feature-distance      ImageNet feature distance on thing classes against a frozen copy of
                             the pretrained backbone (feature_distance.py; needs --pretrained)
     --rare-class-sampling   rare class sampling of the source images (rcs.py)
+    --shade                 SHADE style hallucination with style (and retrospection) consistency
+                            (shade.py; the retrospection term needs --pretrained)
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import os
@@ -30,6 +33,7 @@ from pathlib import Path
 
 from dginstyle.io import DataError, atomic_write_json, fresh_staging_dir, replace_dir
 from dginstyle.parallel import default_threads
+from dginstyle.segmentation import shade as shade_defaults
 from dginstyle.segmentation.catalog import MODEL_NAMES
 
 log = logging.getLogger(__name__)
@@ -188,6 +192,13 @@ def train_segmentation(
     rcs_temperature: float = 0.01,
     rcs_min_pixels: int | None = None,
     rcs_min_crop_ratio: float = 0.5,
+    shade: bool = False,
+    shade_basis_styles: int = shade_defaults.BASIS_STYLES,
+    shade_concentration: float = shade_defaults.CONCENTRATION,
+    shade_basis_interval: int = shade_defaults.BASIS_INTERVAL,
+    shade_basis_samples: int | None = None,
+    shade_sc_weight: float = shade_defaults.SC_WEIGHT,
+    shade_rc_weight: float = shade_defaults.RC_WEIGHT,
 ) -> dict:
     """Train; write `out` (see module docstring) and return its metadata.
 
@@ -195,6 +206,9 @@ def train_segmentation(
     feature_distance: DAFormer's ImageNet feature distance (lambda `fd_lambda` on the train IDs
     `fd_classes`, default the thing classes; needs `pretrained`). rare_class_sampling: RCS of
     the source images (temperature, min pixels: default the prepared dataset's threshold).
+    shade: SHADE style hallucination (shade.py: K basis styles, Dirichlet concentration, basis
+    refresh interval and images per refresh, style / retrospection consistency weights; the
+    retrospection term needs `pretrained`).
     """
     import torch
 
@@ -239,6 +253,17 @@ def train_segmentation(
         rcs_settings = dict(temperature=float(rcs_temperature), min_pixels=draws.min_pixels, min_crop_ratio=float(rcs_min_crop_ratio))
         rcs_probabilities = {CLASSES[c]: round(float(p), 6) for c, p in enumerate(draws.probabilities) if round(float(p), 6) > 0}
 
+    shade_settings = None
+    if shade:
+        from dginstyle.segmentation.shade import check_settings as check_shade
+
+        shade_settings = check_shade(shade_basis_styles, shade_concentration, shade_basis_interval, shade_basis_samples, shade_sc_weight, shade_rc_weight)
+        if shade_settings["rc_weight"] > 0 and pretrained is None:
+            raise DataError(
+                "--shade with --shade-rc-weight > 0 needs --pretrained: SHADE's retrospection consistency pulls the features towards "
+                "a frozen copy of the ImageNet-pretrained backbone; pass --shade-rc-weight 0 to train without it"
+            )
+
     # Read (and convert) the pretrained backbone before anything is built, so a refused or
     # unreadable file stops the run at once; it is copied in when training starts.
     pretrained_state = read_backbone_weights(Path(pretrained)) if pretrained is not None else None
@@ -250,6 +275,9 @@ def train_segmentation(
         warmup_iterations=warmup_iterations, poly_power=poly_power, seed=seed, source_resize=source_resize,
         generated_resize=generated_resize, checkpoint_interval=checkpoint_interval, log_interval=log_interval,
     )  # fmt: skip
+    # SHADE collects its basis styles from the training data without rare class sampling (as the
+    # release does): the plain dataset config, taken before RCS wraps it.
+    style_dataset = copy.deepcopy(cfg["train_dataloader"]["dataset"])
     if rcs_settings is not None:
         from dginstyle.segmentation.rcs import with_rare_class_sampling
 
@@ -259,6 +287,7 @@ def train_segmentation(
     # the feature distance's frozen copy exists only while training).
     cfg["dginstyle"]["feature_distance"] = None if fd_settings is None else {**fd_settings, "classes": list(fd_settings["classes"]), "pretrained": str(pretrained)}
     cfg["dginstyle"]["rare_class_sampling"] = rcs_settings
+    cfg["dginstyle"]["shade"] = shade_settings
     if resume_from is not None:
         allow_mmengine_checkpoint_types()
         # Read it once through our refusing loader before mmengine does: mmengine loads it
@@ -272,14 +301,30 @@ def train_segmentation(
         problem = backbone_mismatch(runner.model.backbone, pretrained_state)
         if problem:
             raise DataError(f"{pretrained}: {problem}")
-    fd = None
-    if fd_settings is not None:
-        from dginstyle.segmentation.feature_distance import FeatureDistance, frozen_backbone
+    fd = sh = teacher = None
+    if fd_settings is not None or (shade_settings is not None and shade_settings["rc_weight"] > 0):
+        from dginstyle.segmentation.feature_distance import frozen_backbone
 
         # Built again on every start (resume included) from the same pretrained file: the copy
-        # is never in a checkpoint or in weights.safetensors.
+        # is never in a checkpoint or in weights.safetensors. One copy serves the feature
+        # distance and SHADE's retrospection term; it is made before SHADE hooks the backbone.
         teacher = frozen_backbone(runner.model.backbone, pretrained_state, Path(pretrained))
+    if fd_settings is not None:
+        from dginstyle.segmentation.feature_distance import FeatureDistance
+
         fd = FeatureDistance(teacher, **fd_settings).attach(runner.model)
+    if shade_settings is not None:
+        from dginstyle.segmentation.shade import StyleHallucination, make_hook
+
+        # Attached after the feature distance: SHADE's loss wraps it, so the feature distance
+        # sees the doubled labels of [original; hallucinated] (feature_distance.py).
+        sh = StyleHallucination(
+            teacher, basis_styles=shade_settings["basis_styles"], concentration=shade_settings["concentration"],
+            sc_weight=shade_settings["sc_weight"], rc_weight=shade_settings["rc_weight"],
+        ).attach(runner.model)  # fmt: skip
+        style_loader = dict(batch_size=batch_size, num_workers=0, sampler=dict(type="DefaultSampler", shuffle=True), dataset=style_dataset)
+        shade_hook = make_hook(sh, style_loader, shade_settings["interval"], shade_settings["basis_samples"], seed)
+        runner.register_hook(shade_hook)
     log_path = work_dir / TRAIN_LOG
     generated_roots = [str(g.resolve()) + os.sep for g in generated]
     schedule = dict(iterations=iterations, warmup=warmup_iterations, power=poly_power)
@@ -318,6 +363,11 @@ def train_segmentation(
         + ("; source positions drawn by rare class sampling" if rcs_settings else ""),
         "feature_distance": None if fd is None else {**fd.describe(), "pretrained": str(pretrained), "extra_backbone_forwards": fd.extra_forwards},
         "rare_class_sampling": None if rcs_settings is None else {**rcs_settings, "class_probabilities": rcs_probabilities},
+        "shade": None if sh is None else {
+            **sh.describe(), "basis_interval": shade_settings["interval"], "basis_samples": shade_settings["basis_samples"],
+            "basis_refreshes": sh.refreshes, "styles_collected_this_process": shade_hook.collected,
+            "basis_size": int(sh.basis_mean.shape[0]) if sh.basis_mean is not None else None,
+        },  # fmt: skip
         "source_resize_wh": list(source_resize) if source_resize else None,
         "generated_resize_wh": list(generated_resize) if generated_resize else None,
         "resumed_from": str(resume_from) if resume_from else None,
@@ -399,6 +449,14 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     rcs.add_argument("--rcs-temperature", type=float, default=0.01)
     rcs.add_argument("--rcs-min-pixels", type=int, default=None, help="pixels of the class an image must hold (default: the prepared dataset's threshold)")
     rcs.add_argument("--rcs-min-crop-ratio", type=float, default=0.5, help="reload a crop holding no more than this x min pixels of the class (up to 10 times)")
+    sh = p.add_argument_group("SHADE style hallucination (Zhao et al., ECCV 2022; the paper's HRDA row)")
+    sh.add_argument("--shade", action="store_true", help="restyle the features after the first backbone stage by Dirichlet mixes of basis styles, double the batch, add the style consistency loss")
+    sh.add_argument("--shade-basis-styles", type=int, default=shade_defaults.BASIS_STYLES, help="K basis styles, picked by farthest point sampling")
+    sh.add_argument("--shade-concentration", type=float, default=shade_defaults.CONCENTRATION, help="Dirichlet concentration of the basis weights")
+    sh.add_argument("--shade-basis-interval", type=int, default=shade_defaults.BASIS_INTERVAL, help="iterations between basis refreshes (and one at the start)")
+    sh.add_argument("--shade-basis-samples", type=int, default=None, help="training images a refresh collects styles from (default: all)")
+    sh.add_argument("--shade-sc-weight", type=float, default=shade_defaults.SC_WEIGHT, help="style consistency (JS divergence) weight")
+    sh.add_argument("--shade-rc-weight", type=float, default=shade_defaults.RC_WEIGHT, help="retrospection consistency weight (> 0 needs --pretrained; 0: off)")
     p.set_defaults(handler=_run)
 
 
@@ -413,4 +471,7 @@ def _run(args: argparse.Namespace) -> None:
         log_interval=args.log_interval, feature_distance=args.feature_distance, fd_lambda=args.fd_lambda,
         fd_classes=args.fd_classes, fd_min_ratio=args.fd_min_ratio, rare_class_sampling=args.rare_class_sampling,
         rcs_temperature=args.rcs_temperature, rcs_min_pixels=args.rcs_min_pixels, rcs_min_crop_ratio=args.rcs_min_crop_ratio,
+        shade=args.shade, shade_basis_styles=args.shade_basis_styles, shade_concentration=args.shade_concentration,
+        shade_basis_interval=args.shade_basis_interval, shade_basis_samples=args.shade_basis_samples,
+        shade_sc_weight=args.shade_sc_weight, shade_rc_weight=args.shade_rc_weight,
     )  # fmt: skip
