@@ -113,6 +113,7 @@ def _check_references(config: dict) -> None:
             raise ConfigError(f"config key 'experiments.{name}.data': {data!r} is neither 'source' nor a generated set (defined under 'generated_sets': {', '.join(sorted(config.get('generated_sets', {})))})")
     _check_models(config)
     _check_feature_distance(config)
+    _check_shade(config)
     qc_users = [name for name, experiment in config.get("experiments", {}).items() if experiment.get("quality_control")]
     segmenter = config.get("quality_control", {}).get("segmenter")
     if qc_users and not segmenter:
@@ -132,18 +133,29 @@ def _check_references(config: dict) -> None:
     for name in config.get("evaluation", {}).get("test_sizes", {}):
         if name not in config["targets"]:
             raise ConfigError(f"config key 'evaluation.test_sizes.{name}': {name!r} is not a target ({', '.join(config['targets'])})")
+    for experiment_name, experiment in config.get("experiments", {}).items():
+        for name in experiment.get("test_sizes", {}):
+            if name not in config["targets"]:
+                raise ConfigError(f"config key 'experiments.{experiment_name}.test_sizes.{name}': {name!r} is not a target ({', '.join(config['targets'])})")
     if corpus and config["prior"].get("model"):
         raise ConfigError("config keys 'prior.model' and 'prior.corpus': give a pretrained model or a corpus to train the tiny prior on, not both")
 
 
+# The settings an experiment may give itself, with the segmentation key it inherits otherwise.
+EXPERIMENT_OWN = ("model", "feature_distance", "rare_class_sampling", "shade", "crop_size", "source_resize", "generated_resize")
+
+
 def _check_models(config: dict) -> None:
-    """Give every experiment its model (default: segmentation.model) and check that pretrained
-    weights, when configured, exist for the backbone of each experiment's model."""
+    """Give every experiment its own settings (default: the segmentation key of the same name;
+    test sizes: evaluation.test_sizes, which an experiment's map replaces as a whole) and check
+    that pretrained weights, when configured, exist for the backbone of each experiment's model."""
     segmentation = config.get("segmentation", {})
+    fallback = {"model": "daformer_mitb5", "feature_distance": False, "rare_class_sampling": False, "shade": False,
+                "crop_size": 512, "source_resize": None, "generated_resize": None}  # fmt: skip
     for experiment in config.get("experiments", {}).values():
-        experiment.setdefault("model", segmentation.get("model", "daformer_mitb5"))
-        experiment.setdefault("feature_distance", segmentation.get("feature_distance", False))
-        experiment.setdefault("rare_class_sampling", segmentation.get("rare_class_sampling", False))
+        for key in EXPERIMENT_OWN:
+            experiment.setdefault(key, json.loads(json.dumps(segmentation.get(key, fallback[key]))))  # a copy
+        experiment.setdefault("test_sizes", json.loads(json.dumps(config.get("evaluation", {}).get("test_sizes", {}))))
     pretrained = segmentation.get("pretrained")
     if isinstance(pretrained, dict):
         for backbone in pretrained:
@@ -178,6 +190,21 @@ def _check_feature_distance(config: dict) -> None:
                 f"config key '{key}': the ImageNet feature distance needs pretrained weights, and experiment {name!r} "
                 f"({experiment['model']}, backbone {backbone_of(experiment['model'])}) trains from scratch; give segmentation.pretrained "
                 f"or set feature_distance: false"
+            )
+
+
+def _check_shade(config: dict) -> None:
+    """SHADE's retrospection consistency pulls the features towards the frozen ImageNet backbone,
+    as the feature distance does: an experiment with it must have pretrained weights."""
+    segmentation = config.get("segmentation", {})
+    if not segmentation.get("shade_retrospection_weight", 1.0) > 0:
+        return
+    for name, experiment in config.get("experiments", {}).items():
+        if experiment.get("shade") and not pretrained_weights(config, experiment["model"]):
+            raise ConfigError(
+                f"config key 'segmentation.shade_retrospection_weight': SHADE's retrospection consistency needs pretrained weights, "
+                f"and experiment {name!r} ({experiment['model']}, backbone {backbone_of(experiment['model'])}) trains from scratch; "
+                f"give segmentation.pretrained or set shade_retrospection_weight: 0"
             )
 
 

@@ -1,7 +1,7 @@
 """SHADE style hallucination (dginstyle/segmentation/shade.py): the hallucinated features carry
 the mixed basis statistics, the JS style consistency, farthest point sampling, gradients, the
 plain saved model, a 2-iteration HRDA training with SHADE that evaluates and resumes with its
-basis.
+basis, and the config wiring (only the experiment that asks for SHADE gets the flags).
 Tiny models, 32x32 crops."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("mmseg")
@@ -348,3 +349,47 @@ def test_cli_flags():
     assert (args.shade_basis_interval, args.shade_basis_samples, args.shade_sc_weight, args.shade_rc_weight) == (4000, None, 10.0, 1.0)
     args = parser.parse_args(base + ["--shade", "--shade-rc-weight", "0", "--shade-basis-samples", "100"])
     assert args.shade and args.shade_rc_weight == 0.0 and args.shade_basis_samples == 100
+
+
+# ------------------------------------------------------------------------------ config wiring
+
+
+def smoke() -> dict:
+    return yaml.safe_load((REPO / "workflow" / "configs" / "smoke.yaml").read_text())
+
+
+def train_commands(config: dict, tmp_path: Path, name: str) -> dict[str, str]:
+    """The train-segmentation command line of every experiment (seed 0), from a dry run."""
+    from test_workflow import snakemake, write_config
+
+    configfile = write_config(tmp_path / f"{name}.yaml", config)
+    targets = [f"results/segmentation/{e}/seed0" for e in config["experiments"]]
+    result = snakemake(*targets, "-n", "-p", "--cores", "1", "--configfile", str(configfile), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = [line for line in result.stdout.splitlines() if "train-segmentation" in line]
+    return {e: next(line for line in lines if f"/segmentation/{e}/seed0 " in line) for e in config["experiments"]}
+
+
+def test_turning_shade_on_changes_only_that_experiments_train_command(tmp_path):
+    base = smoke()
+    with_shade = smoke()
+    with_shade["experiments"]["hrda_source_only"]["shade"] = True
+    # the smoke world trains from scratch: no retrospection term; its settings are SHADE's own
+    with_shade["segmentation"].update(shade_retrospection_weight=0.0, shade_basis_interval=500)
+    before, after = train_commands(base, tmp_path, "base"), train_commands(with_shade, tmp_path, "shade")
+    changed = {e for e in before if before[e] != after[e]}
+    assert changed == {"hrda_source_only"}
+    assert "--shade " not in before["hrda_source_only"]
+    assert "--shade --shade-basis-styles 64 --shade-concentration 0.0156 --shade-basis-interval 500 --shade-sc-weight 10.0 --shade-rc-weight 0.0" in after["hrda_source_only"]
+
+
+def test_config_refuses_shade_retrospection_without_weights():
+    from dginstyle.config import ConfigError, validate_config
+
+    config = smoke()
+    config["experiments"]["hrda_source_only"]["shade"] = True
+    with pytest.raises(ConfigError, match=r"config key 'segmentation.shade_retrospection_weight'.*'hrda_source_only'"):
+        validate_config(config)
+    config["segmentation"]["shade_retrospection_weight"] = 0
+    config = validate_config(config)
+    assert config["experiments"]["hrda_source_only"]["shade"] and not config["experiments"]["source_only"]["shade"]

@@ -227,12 +227,16 @@ def quality_control_segmenter(wildcards):
     return f"results/segmentation/{name}/seed{SEEDS[0]}"
 
 
-# The segmentation settings every experiment shares; its model (and so its pretrained
-# backbone) and its feature distance / rare class sampling settings are the experiment's own,
-# flags of its own (segmentation_options), so changing them reruns those experiments only.
+# The segmentation settings every experiment shares. An experiment's model (and so its
+# pretrained backbone), its resolution (crop, resizes), its feature distance / rare class
+# sampling / SHADE settings are its own, flags of its own (segmentation_options), so changing
+# one reruns the experiments it applies to only.
 SEGMENTATION_OWN = (
     "model",
     "pretrained",
+    "crop_size",
+    "source_resize",
+    "generated_resize",
     "feature_distance",
     "feature_distance_lambda",
     "feature_distance_classes",
@@ -241,6 +245,13 @@ SEGMENTATION_OWN = (
     "rcs_temperature",
     "rcs_min_pixels",
     "rcs_min_crop_ratio",
+    "shade",
+    "shade_basis_styles",
+    "shade_concentration",
+    "shade_basis_interval",
+    "shade_basis_samples",
+    "shade_style_consistency_weight",
+    "shade_retrospection_weight",
 )
 SEGMENTATION_SHARED = {
     key: value
@@ -254,20 +265,28 @@ def experiment_model(wildcards):
     return config["experiments"][wildcards.experiment]["model"]
 
 
+def experiment_crop_size(wildcards):
+    """The experiment's training crop (experiments.<name>.crop_size, default
+    segmentation.crop_size); its evaluation window follows it (the run's config)."""
+    return config["experiments"][wildcards.experiment]["crop_size"]
+
+
 def segmentation_options(wildcards):
-    """Optional train-segmentation flags: resizes, the pretrained backbone weights of the
-    experiment's model, its feature distance and rare class sampling."""
+    """Optional train-segmentation flags: the experiment's resizes, the pretrained backbone
+    weights of its model, its feature distance, rare class sampling and SHADE."""
     hp = config["segmentation"]
+    experiment = config["experiments"][wildcards.experiment]
     options = []
-    if hp["source_resize"]:
-        options.append("--source-resize {}x{}".format(*hp["source_resize"]))
-    if hp["generated_resize"]:
-        options.append("--generated-resize {}x{}".format(*hp["generated_resize"]))
+    if experiment["source_resize"]:
+        options.append("--source-resize {}x{}".format(*experiment["source_resize"]))
+    if experiment["generated_resize"]:
+        options.append(
+            "--generated-resize {}x{}".format(*experiment["generated_resize"])
+        )
     pretrained = pretrained_weights(config, experiment_model(wildcards))
     if pretrained:
         options.append(f"--pretrained {shlex.quote(pretrained)}")
-    experiment = config["experiments"][wildcards.experiment]
-    if experiment.get("feature_distance", hp["feature_distance"]):
+    if experiment["feature_distance"]:
         options.append(
             "--feature-distance --fd-lambda {} --fd-classes {} --fd-min-ratio {}".format(
                 hp["feature_distance_lambda"],
@@ -275,7 +294,7 @@ def segmentation_options(wildcards):
                 hp["feature_distance_min_ratio"],
             )
         )
-    if experiment.get("rare_class_sampling", hp["rare_class_sampling"]):
+    if experiment["rare_class_sampling"]:
         options.append(
             "--rare-class-sampling --rcs-temperature {} --rcs-min-crop-ratio {}".format(
                 hp["rcs_temperature"], hp["rcs_min_crop_ratio"]
@@ -283,11 +302,28 @@ def segmentation_options(wildcards):
         )
         if hp["rcs_min_pixels"] is not None:
             options.append(f"--rcs-min-pixels {hp['rcs_min_pixels']}")
+    if experiment["shade"]:
+        options.append(
+            "--shade --shade-basis-styles {} --shade-concentration {} --shade-basis-interval {}"
+            " --shade-sc-weight {} --shade-rc-weight {}".format(
+                hp["shade_basis_styles"],
+                hp["shade_concentration"],
+                hp["shade_basis_interval"],
+                hp["shade_style_consistency_weight"],
+                hp["shade_retrospection_weight"],
+            )
+        )
+        if hp["shade_basis_samples"] is not None:
+            options.append(f"--shade-basis-samples {hp['shade_basis_samples']}")
     return " ".join(options)
 
 
 def test_size_option(wildcards):
-    size = config["evaluation"]["test_sizes"].get(wildcards.target)
+    """--test-size of one (experiment, target): the experiment's test sizes
+    (experiments.<name>.test_sizes, default evaluation.test_sizes)."""
+    size = config["experiments"][wildcards.experiment]["test_sizes"].get(
+        wildcards.target
+    )
     return "--test-size {}x{}".format(*size) if size else ""
 
 

@@ -22,13 +22,14 @@ rule train_segmentation:
     params:
         hp=SEGMENTATION_SHARED,
         model=experiment_model,
+        crop_size=experiment_crop_size,
         options=segmentation_options,
         work_dir="results/checkpoints/segmentation/{experiment}/seed{seed}",
     shell:
         "python -m dginstyle train-segmentation --source {input.source} --generated {input.generated}"
         " --out {output} --work-dir {params.work_dir} --model {params.model}"
         " --iterations {params.hp[iterations]} --batch-size {params.hp[batch_size]}"
-        " --crop-size {params.hp[crop_size]} --learning-rate {params.hp[learning_rate]}"
+        " --crop-size {params.crop_size} --learning-rate {params.hp[learning_rate]}"
         " --weight-decay {params.hp[weight_decay]} --warmup-iterations {params.hp[warmup_iterations]}"
         " --poly-power {params.hp[poly_power]} --seed {wildcards.seed}"
         " --checkpoint-interval {params.hp[checkpoint_interval]} {params.options} > {log} 2>&1"

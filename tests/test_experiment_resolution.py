@@ -1,0 +1,125 @@
+"""Per-experiment resolution settings (experiments.<name>.crop_size, source_resize,
+generated_resize, test_sizes): their defaults and checks, the train and evaluate command lines
+they give (a dry run of the smoke DAG), that changing one experiment's setting touches that
+experiment's commands only, and the paper config's 1024-setting HRDA rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dginstyle.config import ConfigError, validate_config
+from test_workflow import PAPER, SMOKE, paper_config_on_fake_trees, snakemake, write_config
+
+
+def smoke() -> dict:
+    config = yaml.safe_load(SMOKE.read_text())
+    config["evaluation"]["test_sizes"] = {"mini_cityscapes": [64, 32], "mini_darkzurich": [64, 32]}
+    return config
+
+
+def test_experiment_settings_inherit_or_replace_the_global_ones():
+    config = smoke()
+    config["experiments"]["hrda_source_only"].update(
+        crop_size=64, source_resize=[128, 64], generated_resize=[64, 64], test_sizes={"mini_cityscapes": [128, 64]}
+    )
+    config["experiments"]["dginstyle"]["source_resize"] = None  # explicit: native size
+    config["segmentation"]["source_resize"] = [96, 48]
+    config = validate_config(config)
+    own, inherits, native = (config["experiments"][name] for name in ("hrda_source_only", "source_only", "dginstyle"))
+    assert (own["crop_size"], own["source_resize"], own["generated_resize"]) == (64, [128, 64], [64, 64])
+    assert (inherits["crop_size"], inherits["source_resize"], inherits["generated_resize"]) == (32, [96, 48], None)
+    assert native["source_resize"] is None
+    # an experiment's test sizes replace the global map as a whole: mini_darkzurich is native for it
+    assert own["test_sizes"] == {"mini_cityscapes": [128, 64]}
+    assert inherits["test_sizes"] == {"mini_cityscapes": [64, 32], "mini_darkzurich": [64, 32]}
+    inherits["test_sizes"]["mini_cityscapes"][0] = 1  # a copy, not the global map itself
+    assert config["evaluation"]["test_sizes"]["mini_cityscapes"] == [64, 32]
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({"test_sizes": {"mini_gta5": [64, 32]}}, r"experiments.source_only.test_sizes.mini_gta5': 'mini_gta5' is not a target"),
+        ({"crop_size": 0}, r"experiments.source_only.crop_size"),
+        ({"source_resize": [64]}, r"experiments.source_only.source_resize"),
+        ({"croop_size": 64}, r"experiments.source_only.croop_size': unknown key"),
+    ],
+)
+def test_bad_experiment_settings_are_refused_naming_the_key(entry, message):
+    config = smoke()
+    config["experiments"]["source_only"].update(entry)
+    with pytest.raises(ConfigError, match=message):
+        validate_config(config)
+
+
+def dry_run_commands(config: dict, tmp_path: Path, name: str, experiments) -> dict[tuple[str, str], str]:
+    """{(rule, experiment or experiment/target): command line} of a dry run asking for the
+    metrics of seed 0 of `experiments` on every target."""
+    configfile = write_config(tmp_path / f"{name}.yaml", config)
+    outputs = [f"results/metrics/{e}/seed0/{t}.json" for e in experiments for t in config["targets"]]
+    result = snakemake(*outputs, "-n", "-p", "--cores", "1", "--configfile", str(configfile), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    commands = {}
+    for line in result.stdout.splitlines():
+        for e in experiments:
+            if "train-segmentation" in line and f"/segmentation/{e}/seed0 " in line:
+                commands[("train", e)] = line
+            for t in config["targets"]:
+                if "dginstyle evaluate" in line and f"/metrics/{e}/seed0/{t}.json " in line:
+                    commands[("evaluate", f"{e}/{t}")] = line
+    assert len(commands) == len(experiments) * (1 + len(config["targets"])), commands
+    return commands
+
+
+def test_two_experiments_with_different_crop_sizes_get_different_commands(tmp_path):
+    experiments = ["source_only", "hrda_source_only"]
+    config = smoke()
+    config["experiments"]["hrda_source_only"].update(crop_size=64, source_resize=[128, 64], test_sizes={"mini_cityscapes": [128, 64]})
+    commands = dry_run_commands(config, tmp_path, "two", experiments)
+    assert "--crop-size 32 " in commands[("train", "source_only")] and "--source-resize" not in commands[("train", "source_only")]
+    assert "--crop-size 64 " in commands[("train", "hrda_source_only")] and "--source-resize 128x64" in commands[("train", "hrda_source_only")]
+    assert "--test-size 64x32" in commands[("evaluate", "source_only/mini_cityscapes")]
+    assert "--test-size 64x32" in commands[("evaluate", "source_only/mini_darkzurich")]
+    assert "--test-size 128x64" in commands[("evaluate", "hrda_source_only/mini_cityscapes")]
+    assert "--test-size" not in commands[("evaluate", "hrda_source_only/mini_darkzurich")]  # not in its own map: native
+
+    # changing one experiment's crop size changes its own train command only (the evaluation
+    # window follows the run's config, so its evaluate commands need not change)
+    bigger = smoke()
+    bigger["experiments"]["hrda_source_only"].update(crop_size=128, source_resize=[128, 64], test_sizes={"mini_cityscapes": [128, 64]})
+    again = dry_run_commands(bigger, tmp_path, "bigger", experiments)
+    assert {key for key in commands if commands[key] != again[key]} == {("train", "hrda_source_only")}
+    assert "--crop-size 128 " in again[("train", "hrda_source_only")]
+    # changing the global crop size changes the commands of the experiments that inherit it only
+    global_crop = smoke()
+    global_crop["experiments"]["hrda_source_only"].update(crop_size=64, source_resize=[128, 64], test_sizes={"mini_cityscapes": [128, 64]})
+    global_crop["segmentation"]["crop_size"] = 48
+    third = dry_run_commands(global_crop, tmp_path, "global", experiments)
+    assert {key for key in commands if commands[key] != third[key]} == {("train", "source_only")}
+
+
+def test_paper_hrda_rows_use_the_1024_setting(tmp_path):
+    configfile = paper_config_on_fake_trees(tmp_path)
+    experiments = ["dginstyle", "hrda_dginstyle", "deeplabv2_dginstyle", "hrda_deeplabv2_dginstyle"]
+    commands = dry_run_commands(yaml.safe_load(configfile.read_text()), tmp_path, "paper", experiments)
+    for name in ("hrda_dginstyle", "hrda_deeplabv2_dginstyle"):
+        train = commands[("train", name)]
+        assert "--crop-size 1024 " in train and "--source-resize 2560x1440" in train and "--generated-resize 1024x1024" in train
+        for target, size in [("cityscapes", "2048x1024"), ("bdd100k", "2048x1024"), ("mapillary", "2048x1024"), ("acdc", "1920x1080"), ("darkzurich", "1920x1080")]:
+            assert f"--test-size {size}" in commands[("evaluate", f"{name}/{target}")]
+    for name in ("dginstyle", "deeplabv2_dginstyle"):
+        assert "--crop-size 512 " in commands[("train", name)] and "--source-resize 1280x720" in commands[("train", name)]
+        assert "--generated-resize" not in commands[("train", name)]
+        assert "--test-size 1024x512" in commands[("evaluate", f"{name}/cityscapes")] and "--test-size 960x540" in commands[("evaluate", f"{name}/acdc")]
+    # SHADE on the MiT-B5 HRDA row only, with the release's settings; its retrospection is the feature distance
+    shade = "--shade --shade-basis-styles 64 --shade-concentration 0.0156 --shade-basis-interval 4000 --shade-sc-weight 10.0 --shade-rc-weight 0.0"
+    assert shade in commands[("train", "hrda_dginstyle")] and "--feature-distance" in commands[("train", "hrda_dginstyle")]
+    assert all("--shade" not in commands[("train", name)] for name in experiments if name != "hrda_dginstyle")
+    # the ResNet rows load the ResNet weights; the plain DeepLabV2 row has neither extra (the release's colour-augmentation run)
+    assert "--pretrained resources/resnet101_v1c.safetensors" in commands[("train", "deeplabv2_dginstyle")]
+    assert "--feature-distance" not in commands[("train", "deeplabv2_dginstyle")] and "--rare-class-sampling" not in commands[("train", "deeplabv2_dginstyle")]
+    assert "--model hrda_deeplabv2_r101" in commands[("train", "hrda_deeplabv2_dginstyle")] and "--rare-class-sampling" in commands[("train", "hrda_deeplabv2_dginstyle")]
+    assert yaml.safe_load(PAPER.read_text())["tables"]["architectures"]["rows"][0]["experiment"] == "deeplabv2_source_only"
