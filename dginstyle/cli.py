@@ -1,7 +1,8 @@
 """`dginstyle <stage> ...`: one subcommand per workflow stage, each usable without Snakemake.
 
 Handlers import their modules lazily so that `--help` answers at once. Expected failures
-(bad input, bad config) raise `DataError` and end with one line on stderr and exit code 1.
+(bad input, bad config) raise `DataError` and end with one line on stderr and exit code 1; so
+does a full disk (or quota, or file-size limit), in any stage.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 from pathlib import Path
 
 from dginstyle import __version__
-from dginstyle.io import DataError
+from dginstyle.io import DataError, disk_full_message
 from dginstyle.parallel import default_threads
 
 REAL_FORMATS = ("gta5", "cityscapes", "bdd100k", "mapillary", "acdc", "darkzurich")
@@ -266,9 +267,21 @@ def main(argv: list[str] | None = None) -> int:
         device = claim_for_job()
     try:
         args.handler(args)
-    except DataError as exc:
-        print(f"dginstyle {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+    except Exception as exc:
+        full = disk_full_message(exc)
+        if full is not None:
+            # Every stage writes its outputs into a staging folder (or a pair / a checkpoint
+            # at a time) and renames them into place when complete: nothing finished is lost.
+            print(
+                f"dginstyle {args.command}: error: out of disk space: {full}. Outputs already "
+                "complete are untouched; free space and rerun (a stage resumes where it stopped)",
+                file=sys.stderr,
+            )
+            return 1
+        if isinstance(exc, DataError):
+            print(f"dginstyle {args.command}: error: {exc}", file=sys.stderr)
+            return 1
+        raise
     finally:
         if device is not None:
             device.release()

@@ -6,6 +6,7 @@ failed job never leaves a file that a rerun would mistake for a finished one.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -27,6 +28,16 @@ class DataError(Exception):
     """A problem with an input file or folder; the message names the path and what is wrong."""
 
 
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Path.write_bytes, but an error names the file (a failed write() names none)."""
+    try:
+        Path(path).write_bytes(data)
+    except OSError as exc:
+        if exc.filename is None:
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` via a temporary file in the same folder and an atomic rename."""
     path = Path(path)
@@ -36,9 +47,36 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.filename is None:  # a failed write() names no file: name the one being written
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# A full disk, an exhausted quota, a file-size limit (ulimit -f): "out of space" for the user.
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+# torch.save and safetensors wrap the operating system's error in their own exception types, and
+# a worker process's error reaches us as text: these phrases find it there.
+DISK_FULL_PHRASES = ("No space left on device", "Disk quota exceeded", "File too large", "StorageFull")
+
+
+def disk_full_message(exc: BaseException) -> str | None:
+    """One line saying which file could not be written for lack of space, or None when `exc`
+    (or an exception it was raised from) is not about space."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            return f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc.strerror)
+        text = str(exc).splitlines()[0] if str(exc) else ""
+        if any(phrase in text for phrase in DISK_FULL_PHRASES):
+            return text
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

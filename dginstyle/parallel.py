@@ -14,7 +14,7 @@ from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterable
 
-from dginstyle.io import DataError
+from dginstyle.io import DISK_FULL_ERRNOS, DataError
 
 MAX_CHUNK = 32  # items per task: small enough that a stop request is honoured promptly
 
@@ -77,6 +77,8 @@ def parallel_map(fn: Callable[[Any], Any], jobs: Iterable[Any], workers: int) ->
                         other.cancel()
                     if isinstance(exc, DataError):
                         raise DataError(str(exc)) from None
+                    if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+                        raise OSError(exc.errno, exc.strerror, exc.filename) from None  # the CLI says "out of disk space"
                     if isinstance(exc, BrokenProcessPool):
                         raise DataError(
                             f"a worker process died ({exc}); it may have run out of memory: rerun with fewer --workers"

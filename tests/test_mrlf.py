@@ -24,15 +24,19 @@ from dginstyle.io import DataError
 FAST = mrlf.MRLFSettings(steps=3, scale=2, window=8, stride=4, area_threshold=60, guidance_scale=7.5, max_batch=4)
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mrlf")
+def build_world(root: Path) -> dict:
+    """A tiny generator, a miniature source and a 6-pair plan under `root`."""
     gen = generate.tiny_generator(root / "gen")
     source = root / "game"
     prepare_minicity(source, "game", {"train": 16}, 0, 128, 64, 1, None, 12)
     plan = root / "plan.jsonl"
     select_layouts(source, plan, num_pairs=6, crop_size=32, rcs_min_pixels=12, seed=0)
     return {"root": root, "gen": gen, "source": source, "plan": plan}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return build_world(tmp_path_factory.mktemp("mrlf"))
 
 
 @pytest.fixture(scope="module")

@@ -179,15 +179,6 @@ def test_a_given_configfile_replaces_the_default_config(tmp_path):
     assert jobs["table"] == len(config["tables"])
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory) -> Path:
-    """A whole smoke DAG, run once for the tests below."""
-    root = tmp_path_factory.mktemp("smoke")
-    result = snakemake("--cores", "2", "--configfile", str(SMOKE), cwd=root)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return root
-
-
 @pytest.mark.slow
 def test_smoke_run_executes_every_stage(smoke_run):
     tmp_path = smoke_run

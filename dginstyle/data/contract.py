@@ -37,6 +37,7 @@ from dginstyle.io import (
     fresh_staging_dir,
     replace_dir,
     sha256_bytes,
+    write_bytes,
 )
 from dginstyle.labels import CLASSES, IGNORE, NUM_CLASSES
 
@@ -91,7 +92,7 @@ def write_label(staging: Path, split: str, stem: str, label: np.ndarray, class_p
     data = encode_label_png(label)
     path = label_path(staging, split, stem)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)  # the staging folder as a whole is what is atomic
+    write_bytes(path, data)  # the staging folder as a whole is what is atomic
     counts = class_pixel_counts(label) if class_pixels is None else class_pixels
     return Record(split, stem, sha256_bytes(data), counts, tuple(label.shape))
 
@@ -107,7 +108,7 @@ def write_image(staging: Path, split: str, stem: str, rgb: np.ndarray) -> None:
     """Write a rendered (H, W, 3) uint8 image as images/<split>/<stem>.png."""
     folder = image_dir(staging, split)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{stem}.png").write_bytes(encode_rgb_png(rgb))
+    write_bytes(folder / f"{stem}.png", encode_rgb_png(rgb))
 
 
 def class_stats(records: list[Record], min_pixels: int) -> dict:

@@ -48,7 +48,7 @@ from dginstyle.diffusion import models
 from dginstyle.diffusion.layouts import crop_of, read_plan
 from dginstyle.diffusion.style_swap import load_generator
 from dginstyle.diffusion.mrlf import FUSION_TIMESTEPS, MODES, MRLFSettings, generate_image, vae_downsample
-from dginstyle.io import DataError, atomic_write_bytes, atomic_write_json, encode_label_png, encode_rgb_png, read_label_png, replace_dir, sha256_file
+from dginstyle.io import DataError, atomic_write_bytes, atomic_write_json, encode_label_png, encode_rgb_png, read_label_png, replace_dir, sha256_file, write_bytes
 from dginstyle.labels import colorize
 
 log = logging.getLogger(__name__)
@@ -137,14 +137,17 @@ def commit_pair(folder: Path, pair_id: int, image: np.ndarray, label: np.ndarray
     """Image + label under temp names -> renamed -> row appended (the commit point)."""
     final = [folder / "images" / f"{pair_id}.png", folder / "labels" / f"{pair_id}.png"]
     temps = [p.with_name(f".{p.name}.tmp") for p in final]
-    temps[0].write_bytes(encode_rgb_png(image))
-    temps[1].write_bytes(encode_label_png(label))
+    write_bytes(temps[0], encode_rgb_png(image))
+    write_bytes(temps[1], encode_label_png(label))
     for tmp, path in zip(temps, final):
         os.replace(tmp, path)
-    with open(folder / PAIRS, "ab") as handle:
-        handle.write((json.dumps(row) + "\n").encode())
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:  # a row cut short here (a full disk, a kill) is cut off by `recover` on the rerun
+        with open(folder / PAIRS, "ab") as handle:
+            handle.write((json.dumps(row) + "\n").encode())
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(folder / PAIRS)) from exc
 
 
 # ----------------------------------------------------------------------------- contact sheet

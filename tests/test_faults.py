@@ -1,0 +1,243 @@
+"""Issue 7, faults on the real DAG: SIGKILL inside every long stage, rerun, same artifacts.
+
+One smoke DAG is driven to completion through a series of killed Snakemake invocations. In
+each, as soon as a job of the next stage is running, it is SIGKILLed at a random point of its
+run time (drawn from the uninterrupted run's benchmark of that rule). Half of the kills take
+only the job's process (Snakemake survives, records the failure and stops); the other half
+kill Snakemake's whole process group at once, as when a node dies: the rerun must then redo
+the jobs Snakemake had marked incomplete (the default profile's `rerun-incomplete`), after
+`snakemake --unlock` (the killed Snakemake's lock on the folder outlives it).
+
+The final artifacts are compared with those of an uninterrupted run of the same config
+(`smoke_run`, tests/conftest.py): the data artifacts (prepared datasets, plans, generated
+images and labels) byte for byte, the metrics exactly. Both hold because every training stage
+resumes from a checkpoint that holds its RNG states, on the same CPU.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from test_workflow import REPO, SMOKE, _fingerprints
+
+# (CLI stage, rule) in DAG order: every stage that runs longer than seconds at paper scale.
+STAGES = (
+    ("prepare", "prepare"),
+    ("pretrain-prior", "pretrain_prior"),
+    ("finetune-unet", "finetune_unet"),
+    ("train-controlnet", "train_controlnet"),
+    ("generate", "generate"),
+    ("train-segmentation", "train_segmentation"),
+    ("evaluate", "evaluate"),
+)
+
+
+def _start_snakemake(cwd: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--cores", "2", "--configfile", str(SMOKE), *extra]
+    # Its own process group, so that "the node dies" can take Snakemake and its jobs at once.
+    return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _job_process(stage: str, cwd: Path) -> int | None:
+    """The pid of a running `python -m dginstyle <stage>` job whose working directory is `cwd`
+    (other tests' processes on this machine are left alone)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            if b"dginstyle" in argv and stage.encode() in argv and b"-m" in argv and Path(os.readlink(entry / "cwd")) == cwd:
+                return int(entry.name)
+        except OSError:  # the process ended while we looked
+            continue
+    return None
+
+
+def _shortest_run_time(results: Path, rule: str) -> float:
+    """The shortest wall time of `rule`'s jobs in a run's Snakemake benchmark files."""
+    times = []
+    for tsv in (results / "benchmarks" / "rules").glob(f"{rule}/**/*.tsv"):
+        times += [float(row["s"]) for row in csv.DictReader(tsv.open(), delimiter="\t")]
+    for tsv in (results / "benchmarks" / "rules").glob(f"{rule}.tsv"):
+        times += [float(row["s"]) for row in csv.DictReader(tsv.open(), delimiter="\t")]
+    assert times, f"no benchmark of rule {rule}"
+    return min(times)
+
+
+def _kill_during(stage: str, delay: float, whole_group: bool, cwd: Path) -> dict:
+    """One Snakemake invocation in `cwd`, killed `delay` seconds after a job of `stage` starts."""
+    proc = _start_snakemake(cwd)
+    deadline = time.monotonic() + 600
+    pid = None
+    while pid is None and proc.poll() is None and time.monotonic() < deadline:
+        pid = _job_process(stage, cwd)
+        time.sleep(0.02)
+    assert pid is not None, f"no {stage} job ran; snakemake said:\n{proc.communicate()[0][-3000:]}"
+    time.sleep(delay)
+    alive = Path(f"/proc/{pid}").exists()
+    try:
+        if whole_group:
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        alive = False
+    output = proc.communicate(timeout=600)[0]
+    if whole_group:
+        assert proc.returncode == -signal.SIGKILL
+        # What a user does after a dead node: Snakemake's lock on the folder outlives it.
+        unlock = _start_snakemake(cwd, "--unlock")
+        assert unlock.wait(timeout=300) == 0, unlock.communicate()[0][-3000:]
+    elif alive:  # a job failed: Snakemake stops and says so
+        assert proc.returncode != 0 and "Error in rule" in output, output[-3000:]
+    return {"stage": stage, "delay": round(delay, 2), "whole_group": whole_group, "job_alive_at_kill": alive}
+
+
+@pytest.mark.slow
+def test_sigkill_in_every_long_stage_then_rerun_equals_an_uninterrupted_run(smoke_run, tmp_path):
+    reference = smoke_run / "results"
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    rng = random.Random(7)
+    kills = []
+    for i, (stage, rule) in enumerate(STAGES):
+        # A random point of the job's run time; at most 90% of the shortest job of that rule so
+        # that the kill lands while it runs (this process is not the only one on the machine).
+        delay = rng.uniform(0.0, 0.9 * _shortest_run_time(reference, rule))
+        kills.append(_kill_during(stage, delay, whole_group=i % 2 == 1, cwd=killed))
+    # Most kills must have hit a running job, or the test proves nothing.
+    assert sum(k["job_alive_at_kill"] for k in kills) >= len(STAGES) - 1, kills
+
+    final = _start_snakemake(killed)
+    output = final.communicate(timeout=900)[0]
+    assert final.returncode == 0, output[-3000:]
+
+    expected, got = _fingerprints(reference), _fingerprints(killed / "results")
+    assert len(expected) > 100
+    differing = sorted(k for k in expected.keys() | got.keys() if expected.get(k) != got.get(k))
+    assert not differing, (kills, differing[:10])
+    # Every table holds the same numbers (its comment lines name dates and the metrics files'
+    # hashes, which differ by their timing keys).
+    for table in (reference / "tables").glob("*.csv"):
+        again = killed / "results" / "tables" / table.name
+        assert _data_lines(again) == _data_lines(table) and len(_data_lines(table)) > 1
+
+
+def _data_lines(csv_table: Path) -> list[str]:
+    return [line for line in csv_table.read_text().splitlines() if not line.startswith("#")]
+
+
+# ----------------------------------------------------------------------------- a full disk
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A function that mounts a tmpfs of a given size: a real file system that runs out of
+    space (mounting needs root; the test is skipped without it)."""
+    mounted = []
+
+    def mount(size: str) -> Path:
+        disk = tmp_path / f"disk{len(mounted)}"
+        disk.mkdir()
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)], capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root): {result.stderr.strip()}")
+        mounted.append(disk)
+        return disk
+
+    yield mount
+    for disk in mounted:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def _fill(disk: Path) -> Path:
+    """Take every free byte of `disk` with one file; return it (delete it to free the space)."""
+    ballast = disk / "ballast"
+    with open(ballast, "wb") as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 65536)
+                handle.flush()
+        except OSError:
+            pass
+    return ballast
+
+
+def _tree_digests(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _dginstyle(*argv: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "dginstyle", *argv], env=env, capture_output=True, text=True, timeout=300)
+
+
+def _one_line_space_error(stderr: str, stage: str, under: Path) -> str:
+    line = stderr.strip().splitlines()[-1]
+    assert line.startswith(f"dginstyle {stage}: error: out of disk space: {under}"), stderr[-3000:]
+    assert "No space left on device" in line and "Traceback" not in stderr, stderr[-3000:]
+    return line
+
+
+def test_prepare_on_a_full_disk_fails_in_one_line_and_keeps_the_previous_dataset(small_disk):
+    disk = small_disk("400k")
+    out = disk / "ds"
+    argv = ("prepare", "minicity", "--out", str(out), "--domain", "game", "--size", "64x32", "--workers", "2")
+    assert _dginstyle(*argv, "--splits", "train=4").returncode == 0
+    before = _tree_digests(out)
+    # The same dataset with 100x the pairs does not fit.
+    result = _dginstyle(*argv, "--splits", "train=400")
+    assert result.returncode == 1
+    _one_line_space_error(result.stderr, "prepare", disk / ".ds.partial")
+    assert _tree_digests(out) == before  # the previous complete dataset, byte for byte
+    assert sorted(p.name for p in disk.iterdir()) == ["ds"]  # no staging folder left
+
+
+def test_generate_on_a_full_disk_fails_in_one_line_then_resumes_once_space_is_free(small_disk, tmp_path):
+    from dginstyle.diffusion import generate
+    from test_mrlf import _files, _shard_kwargs, build_world
+
+    (tmp_path / "world").mkdir()
+    generator_world = build_world(tmp_path / "world")
+
+    reference = tmp_path / "reference" / "0"
+    kwargs = _shard_kwargs(generator_world, reference, stride=2, steps=4)
+    generate.generate_shard(**kwargs)
+
+    disk = small_disk("4m")
+    out = disk / "gen" / "0"
+    partial = generate.partial_dir(out)
+    command = [sys.executable, "-m", "dginstyle", "generate", "--generator", str(generator_world["gen"]),
+               "--plan", str(generator_world["plan"]), "--source", str(generator_world["source"]), "--out", str(out),
+               "--steps", "4", "--window", "8", "--stride", "2", "--area-threshold", "60", "--max-batch", "4",
+               "--device", "cpu"]  # fmt: skip
+    proc = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        pairs = partial / "pairs.jsonl"
+        if pairs.is_file() and pairs.read_text().count("\n") >= 2:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "generation ended before the disk could be filled"
+    ballast = _fill(disk)  # the disk fills up while the shard is half written
+    stderr = proc.communicate(timeout=300)[1]
+    assert proc.returncode == 1
+    _one_line_space_error(stderr, "generate", partial)
+    assert not out.exists()  # an unfinished shard is never taken as complete
+    committed = (partial / "pairs.jsonl").read_text().count("\n")
+    assert 2 <= committed < 6
+
+    ballast.unlink()  # space again: the rerun keeps the committed pairs and makes the rest
+    generate.generate_shard(**{**kwargs, "out": out})
+    assert _files(out) == _files(reference)
+
