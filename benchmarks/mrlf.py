@@ -14,6 +14,16 @@ Reports UNet(+ControlNet) forward calls and evaluated samples (batch rows) per i
 time per image, speed-ups against (a), and the largest latent/image differences to (a).
 Writes results/benchmarks/mrlf.json (`--spec test`: the tests' smaller widths, where per-call
 overhead weighs more).
+
+On a GPU, the paper's sizes with a random-init generator of Stable Diffusion 1.5's widths
+(UNet 320/640/1280/1280 x 2 layers, CLIP-L text encoder, SD's VAE and ControlNet), fp16:
+
+    python benchmarks/mrlf.py --spec sd15 --device cuda --dtype fp16 --crop 512 --scale 2 \
+        --window 64 --strides 8,16 --steps 20 --layouts 4 --max-batch 16 --source-size 1024x512 \
+        --out results/benchmarks/mrlf_sd15_gpu.json
+
+(window 64 latent px = 512 px views on the 1024 canvas; the labels are 512 crops of a minicity
+source rendered at 1024x512). Reports images per minute and names the card.
 """
 
 from __future__ import annotations
@@ -40,6 +50,18 @@ from dginstyle.io import read_label_png
 REPO = Path(__file__).resolve().parent.parent
 RESULT = REPO / "results" / "benchmarks" / "mrlf.json"
 
+# Generator widths. sd15: Stable Diffusion 1.5's UNet, VAE and CLIP ViT-L/14 text encoder
+# (random init: speed does not depend on the weights).
+SPECS = {
+    "default": models.TinySpec,
+    "test": lambda: generate.TINY_SPEC,
+    "sd15": lambda: models.TinySpec(
+        vae_channels=(128, 256, 512, 512), latent_channels=4, unet_channels=(320, 640, 1280, 1280),
+        unet_attention_head_dim=8, layers_per_block=2, text_hidden=768, text_layers=12, text_heads=12,
+        max_tokens=77, norm_groups=32,
+    ),
+}
+
 VARIANTS = {
     "a_loop": dict(views="loop", skip_masked_views=False),
     "b_batched": dict(views="batched", skip_masked_views=False),
@@ -58,19 +80,25 @@ def main(argv=None) -> dict:
     p.add_argument("--area-threshold", type=int, default=None, help="default: 20000 px at 512 scaled to the crop")
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 1)))
-    p.add_argument("--spec", choices=("default", "test"), default="default", help="generator widths: models.TinySpec() (the miniature world) or generate.TINY_SPEC (the tests')")
+    p.add_argument("--spec", choices=tuple(SPECS), default="default", help="generator widths: models.TinySpec() (the miniature world), generate.TINY_SPEC (the tests') or Stable Diffusion 1.5's (random init)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32", help="on CUDA only; the CPU always runs float32")
+    p.add_argument("--source-size", default="128x64", help="WxH the minicity source is rendered at (the crops come from it)")
     p.add_argument("--out", type=Path, default=RESULT)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     area = args.area_threshold if args.area_threshold is not None else round(20000 * (args.crop / 512) ** 2)
 
+    device = torch.device(args.device)
+    dtype = models.pick_dtype(device, {"fp32": "no", "fp16": "fp16", "bf16": "bf16"}[args.dtype])
+    width, height = (int(v) for v in args.source_size.lower().split("x"))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        spec = models.TinySpec() if args.spec == "default" else generate.TINY_SPEC
+        spec = SPECS[args.spec]()
         gen = generate.tiny_generator(tmp / "gen", spec, resolution=args.crop)
-        components = generate.load_generator(gen, torch.device("cpu"))
+        components = generate.load_generator(gen, device, dtype)
         source = tmp / "game"
-        prepare_minicity(source, "game", {"train": 50}, 0, 128, 64, 1, None, 12)
+        prepare_minicity(source, "game", {"train": 50}, 0, width, height, 1, None, 12)
         plan = select_layouts(source, tmp / "plan.jsonl", num_pairs=args.layouts, crop_size=args.crop, rcs_min_pixels=12, seed=0)
         labels = []
         for row in plan:
@@ -90,8 +118,10 @@ def main(argv=None) -> dict:
             outputs = {}
             for name, switches in VARIANTS.items():
                 stats = mrlf.SamplerStats()
+                _sync(device)
                 started = time.perf_counter()
                 outputs[name] = mrlf.sample(components, label, row["prompt"], row["id"], replace(base, **switches), stats)
+                _sync(device)
                 acc[name]["seconds"].append(time.perf_counter() - started)
                 acc[name]["unet_calls"].append(stats.unet_calls)
                 acc[name]["unet_samples"].append(stats.unet_samples)
@@ -106,6 +136,7 @@ def main(argv=None) -> dict:
             t = float(np.mean(acc[name]["seconds"]))
             entry["variants"][name] = {
                 "seconds_per_image": round(t, 4),
+                "images_per_minute": round(60.0 / t, 2),
                 "unet_calls_per_image": float(np.mean(acc[name]["unet_calls"])),
                 "unet_samples_per_image": float(np.mean(acc[name]["unet_samples"])),
                 "skipped_view_evaluations_per_image": float(np.mean(acc[name]["views_skipped"])),
@@ -127,15 +158,25 @@ def main(argv=None) -> dict:
         "settings": {
             "crop": args.crop, "scale": args.scale, "steps": args.steps, "window_latent": args.window,
             "area_threshold": area, "max_batch": args.max_batch, "layouts": args.layouts, "guidance_scale": 7.5,
-            "generator": "random, " + ("models.TinySpec() defaults" if args.spec == "default" else "generate.TINY_SPEC (test widths)"), "vae_downsample": 4,
+            "generator": "random, " + {"default": "models.TinySpec() defaults", "test": "generate.TINY_SPEC (test widths)", "sd15": "Stable Diffusion 1.5 widths"}[args.spec],
+            "vae_downsample": spec.downsample, "source_size": [width, height], "dtype": str(dtype).removeprefix("torch."),
         },
-        "machine": {"python": sys.version.split()[0], "torch": torch.__version__, "platform": platform.platform(), "threads": args.threads, "device": "cpu"},
+        "machine": {
+            "python": sys.version.split()[0], "torch": torch.__version__, "platform": platform.platform(), "threads": args.threads,
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        },
         "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     print(f"wrote {args.out}")
     return report
+
+
+def _sync(device: torch.device) -> None:
+    """Wait for queued CUDA work, so the clock measures it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 if __name__ == "__main__":
