@@ -423,11 +423,12 @@ def test_config_refuses_feature_distance_without_weights_and_paper_turns_both_on
     seg = paper["segmentation"]
     assert (seg["feature_distance_lambda"], seg["rcs_temperature"], seg["rcs_min_pixels"]) == (0.005, 0.01, 3000)
     assert seg["feature_distance_classes"] == [6, 7, 11, 12, 13, 14, 15, 16, 17, 18]
-    # every row but the plain DeepLabV2 ones, which the release trains with colour augmentation only
-    plain_deeplab = {name for name, e in paper["experiments"].items() if e["model"] == "deeplabv2_r101"}
-    assert plain_deeplab == {"deeplabv2_source_only", "deeplabv2_dginstyle"}
-    assert all(e["feature_distance"] and e["rare_class_sampling"] for name, e in paper["experiments"].items() if name not in plain_deeplab)
-    assert not any(paper["experiments"][name]["feature_distance"] or paper["experiments"][name]["rare_class_sampling"] for name in plain_deeplab)
+    # every row but the plain DeepLabV2 ones, which the release trains with colour augmentation
+    # only, and the SegFormer ones, which measure the network without DAFormer's extras
+    plain = {name for name, e in paper["experiments"].items() if e["model"] in ("deeplabv2_r101", "segformer_mitb5")}
+    assert plain == {"deeplabv2_source_only", "deeplabv2_dginstyle", "segformer_source_only", "segformer_dginstyle"}
+    assert all(e["feature_distance"] and e["rare_class_sampling"] for name, e in paper["experiments"].items() if name not in plain)
+    assert not any(paper["experiments"][name]["feature_distance"] or paper["experiments"][name]["rare_class_sampling"] for name in plain)
 
 
 def test_the_dag_passes_the_extras_to_train_segmentation(tmp_path):

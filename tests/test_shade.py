@@ -371,16 +371,17 @@ def train_commands(config: dict, tmp_path: Path, name: str) -> dict[str, str]:
 
 
 def test_turning_shade_on_changes_only_that_experiments_train_command(tmp_path):
+    with_shade = smoke()  # the smoke config trains its tiny HRDA row with SHADE
     base = smoke()
-    with_shade = smoke()
-    with_shade["experiments"]["hrda_source_only"]["shade"] = True
-    # the smoke world trains from scratch: no retrospection term; its settings are SHADE's own
-    with_shade["segmentation"].update(shade_retrospection_weight=0.0, shade_basis_interval=500)
+    base["experiments"]["hrda_source_only"]["shade"] = False
+    # the smoke world trains from scratch: no retrospection term
+    for config in (base, with_shade):
+        config["segmentation"].update(shade_retrospection_weight=0.0, shade_basis_interval=500)
     before, after = train_commands(base, tmp_path, "base"), train_commands(with_shade, tmp_path, "shade")
     changed = {e for e in before if before[e] != after[e]}
     assert changed == {"hrda_source_only"}
     assert "--shade " not in before["hrda_source_only"]
-    assert "--shade --shade-basis-styles 64 --shade-concentration 0.0156 --shade-basis-interval 500 --shade-sc-weight 10.0 --shade-rc-weight 0.0" in after["hrda_source_only"]
+    assert "--shade --shade-basis-styles 8 --shade-concentration 0.0156 --shade-basis-interval 500 --shade-sc-weight 10.0 --shade-rc-weight 0.0" in after["hrda_source_only"]
 
 
 def test_config_refuses_shade_retrospection_without_weights():
@@ -388,6 +389,7 @@ def test_config_refuses_shade_retrospection_without_weights():
 
     config = smoke()
     config["experiments"]["hrda_source_only"]["shade"] = True
+    config["segmentation"]["shade_retrospection_weight"] = 1.0  # SHADE's own; the smoke config has 0
     with pytest.raises(ConfigError, match=r"config key 'segmentation.shade_retrospection_weight'.*'hrda_source_only'"):
         validate_config(config)
     config["segmentation"]["shade_retrospection_weight"] = 0
