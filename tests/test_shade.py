@@ -24,40 +24,14 @@ CROP = (32, 32)
 CAR, ROAD = 13, 0
 
 
-@pytest.fixture(scope="module")
-def registry():
-    from mmengine.registry import init_default_scope
-
-    from dginstyle.segmentation import register_modules
-
-    register_modules()
-    init_default_scope("mmseg")
-    from mmseg.registry import MODELS
-
-    return MODELS
+# The model builder, labels-to-samples helper and registry fixture of the other segmentation
+# extras' tests (registry: a fixture, imported so pytest finds it here too).
+from test_seg_extras import build as build_model, registry, samples_for  # noqa: E402, F401
 
 
-def build(registry, name: str = "daformer_tiny", crop=CROP):
-    from dginstyle.segmentation.configs import model_config
-
-    torch.manual_seed(0)
-    model = registry.build(model_config(name, crop))
-    model.init_weights()
-    return model
-
-
-def samples_for(labels: torch.Tensor) -> list:
-    from mmengine.structures import PixelData
-    from mmseg.structures import SegDataSample
-
-    out = []
-    for label in labels:
-        sample = SegDataSample()
-        sample.gt_sem_seg = PixelData(data=label[None].long())
-        h, w = label.shape
-        sample.set_metainfo(dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w)))
-        out.append(sample)
-    return out
+def build(registry, name: str = "daformer_tiny"):
+    """A seeded model of `name` at this file's crop."""
+    return build_model(registry, name, CROP)
 
 
 def data_batches(count: int = 4, crop=CROP):
