@@ -205,7 +205,7 @@ def test_prepare_on_a_full_disk_fails_in_one_line_and_keeps_the_previous_dataset
 
 def test_generate_on_a_full_disk_fails_in_one_line_then_resumes_once_space_is_free(small_disk, tmp_path):
     from dginstyle.diffusion import generate
-    from test_mrlf import _files, _shard_kwargs, build_world
+    from test_mrlf import _files, _shard_kwargs, build_world, start_generate_until_pairs
 
     (tmp_path / "world").mkdir()
     generator_world = build_world(tmp_path / "world")
@@ -217,18 +217,7 @@ def test_generate_on_a_full_disk_fails_in_one_line_then_resumes_once_space_is_fr
     disk = small_disk("4m")
     out = disk / "gen" / "0"
     partial = generate.partial_dir(out)
-    command = [sys.executable, "-m", "dginstyle", "generate", "--generator", str(generator_world["gen"]),
-               "--plan", str(generator_world["plan"]), "--source", str(generator_world["source"]), "--out", str(out),
-               "--steps", "4", "--window", "8", "--stride", "2", "--area-threshold", "60", "--max-batch", "4",
-               "--device", "cpu"]  # fmt: skip
-    proc = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        pairs = partial / "pairs.jsonl"
-        if pairs.is_file() and pairs.read_text().count("\n") >= 2:
-            break
-        time.sleep(0.01)
-    assert proc.poll() is None, "generation ended before the disk could be filled"
+    proc = start_generate_until_pairs(generator_world, out, 2)
     ballast = _fill(disk)  # the disk fills up while the shard is half written
     stderr = proc.communicate(timeout=300)[1]
     assert proc.returncode == 1

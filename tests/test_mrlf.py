@@ -220,18 +220,8 @@ def test_resume_after_sigkill(world, one_thread, tmp_path):
 
     out = tmp_path / "run" / "0"
     partial = generate.partial_dir(out)
-    cmd = [sys.executable, "-m", "dginstyle", "generate", "--generator", str(world["gen"]),
-           "--plan", str(world["plan"]), "--source", str(world["source"]), "--out", str(out), "--steps", "4",
-           "--window", "8", "--stride", "2", "--area-threshold", "60", "--max-batch", "4", "--device", "cpu"]
-    proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = start_generate_until_pairs(world, out, 2)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None:
-            pairs = partial / "pairs.jsonl"
-            if pairs.is_file() and pairs.read_text().count("\n") >= 2:
-                break
-            time.sleep(0.01)
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait()
@@ -249,6 +239,25 @@ def test_resume_after_sigkill(world, one_thread, tmp_path):
     assert _files(out) == _files(ref)
     rows = (out / "pairs.jsonl").read_text().splitlines()
     assert [json.loads(r)["id"] for r in rows] == list(range(6))
+
+
+def start_generate_until_pairs(world, out: Path, pairs: int, timeout: float = 120) -> subprocess.Popen:
+    """Start `dginstyle generate` (the settings of `_shard_kwargs(stride=2, steps=4)`) on one
+    thread and return it, still running, once its partial shard has committed `pairs` pairs."""
+    command = [sys.executable, "-m", "dginstyle", "generate", "--generator", str(world["gen"]),
+               "--plan", str(world["plan"]), "--source", str(world["source"]), "--out", str(out), "--steps", "4",
+               "--window", "8", "--stride", "2", "--area-threshold", "60", "--max-batch", "4", "--device", "cpu"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    committed = generate.partial_dir(out) / "pairs.jsonl"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if committed.is_file() and committed.read_text().count("\n") >= pairs:
+            break
+        time.sleep(0.01)
+    if proc.poll() is not None:
+        raise AssertionError(f"generate ended before {pairs} pairs were committed: {proc.stderr.read()[-2000:]}")
+    return proc
 
 
 def replace_out(kw, out):
