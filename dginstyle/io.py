@@ -6,6 +6,7 @@ failed job never leaves a file that a rerun would mistake for a finished one.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
@@ -28,14 +29,22 @@ class DataError(Exception):
     """A problem with an input file or folder; the message names the path and what is wrong."""
 
 
-def write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Path.write_bytes, but an error names the file (a failed write() names none)."""
+@contextlib.contextmanager
+def naming(path: str | os.PathLike):
+    """Make an OSError raised inside name `path` when it names no file (a failed write() on an
+    open file names none), so that "out of disk space" can say which file."""
     try:
-        Path(path).write_bytes(data)
+        yield
     except OSError as exc:
         if exc.filename is None:
             raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Path.write_bytes, but an error names the file."""
+    with naming(path):
+        Path(path).write_bytes(data)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -44,14 +53,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with naming(path), os.fdopen(fd, "wb") as handle:
             handle.write(data)
         os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if exc.filename is None:  # a failed write() names no file: name the one being written
-            raise OSError(exc.errno, exc.strerror, str(path)) from exc
-        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -48,7 +48,7 @@ from dginstyle.diffusion import models
 from dginstyle.diffusion.layouts import crop_of, read_plan
 from dginstyle.diffusion.style_swap import load_generator
 from dginstyle.diffusion.mrlf import FUSION_TIMESTEPS, MODES, MRLFSettings, generate_image, vae_downsample
-from dginstyle.io import DataError, atomic_write_bytes, atomic_write_json, encode_label_png, encode_rgb_png, read_label_png, replace_dir, sha256_file, write_bytes
+from dginstyle.io import DataError, atomic_write_bytes, atomic_write_json, encode_label_png, encode_rgb_png, read_label_png, naming, replace_dir, sha256_file, write_bytes
 from dginstyle.labels import colorize
 
 log = logging.getLogger(__name__)
@@ -141,13 +141,11 @@ def commit_pair(folder: Path, pair_id: int, image: np.ndarray, label: np.ndarray
     write_bytes(temps[1], encode_label_png(label))
     for tmp, path in zip(temps, final):
         os.replace(tmp, path)
-    try:  # a row cut short here (a full disk, a kill) is cut off by `recover` on the rerun
-        with open(folder / PAIRS, "ab") as handle:
-            handle.write((json.dumps(row) + "\n").encode())
-            handle.flush()
-            os.fsync(handle.fileno())
-    except OSError as exc:
-        raise OSError(exc.errno, exc.strerror, str(folder / PAIRS)) from exc
+    # a row cut short here (a full disk, a kill) is cut off by `recover` on the rerun
+    with naming(folder / PAIRS), open(folder / PAIRS, "ab") as handle:
+        handle.write((json.dumps(row) + "\n").encode())
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 # ----------------------------------------------------------------------------- contact sheet
