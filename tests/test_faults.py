@@ -65,11 +65,9 @@ def _job_process(stage: str, cwd: Path) -> int | None:
 
 def _shortest_run_time(results: Path, rule: str) -> float:
     """The shortest wall time of `rule`'s jobs in a run's Snakemake benchmark files."""
-    times = []
-    for tsv in (results / "benchmarks" / "rules").glob(f"{rule}/**/*.tsv"):
-        times += [float(row["s"]) for row in csv.DictReader(tsv.open(), delimiter="\t")]
-    for tsv in (results / "benchmarks" / "rules").glob(f"{rule}.tsv"):
-        times += [float(row["s"]) for row in csv.DictReader(tsv.open(), delimiter="\t")]
+    rules = results / "benchmarks" / "rules"
+    files = [*rules.glob(f"{rule}/**/*.tsv"), *rules.glob(f"{rule}.tsv")]  # a job with wildcards, or without
+    times = [float(row["s"]) for tsv in files for row in csv.DictReader(tsv.open(), delimiter="\t")]
     assert times, f"no benchmark of rule {rule}"
     return min(times)
 
