@@ -86,10 +86,12 @@ def validate_config(config: dict, schema_path: Path = SCHEMA_PATH, check_roots: 
 
 
 def used_datasets(config: dict) -> list[str]:
-    """The datasets the run needs: the source, the targets and the prior corpus, in that order."""
+    """The datasets the run needs: the source, the targets, the prior corpus and the VAE's extra
+    corpus, in that order."""
     names = [config["source"], *config["targets"]]
-    if config.get("prior", {}).get("corpus"):
-        names.append(config["prior"]["corpus"])
+    for key in ("corpus", "vae_extra_corpus"):
+        if config.get("prior", {}).get(key):
+            names.append(config["prior"][key])
     return list(dict.fromkeys(names))
 
 
@@ -107,6 +109,12 @@ def _check_references(config: dict) -> None:
         raise ConfigError(f"config key 'source': dataset {config['source']!r} is the unlabelled prior corpus, not a labelled source")
     if corpus and not (datasets[corpus]["format"] == "minicity" and datasets[corpus]["domain"] == "prior"):
         raise ConfigError(f"config key 'prior.corpus': dataset {corpus!r} is not a minicity prior corpus (format minicity, domain prior)")
+    extra = config.get("prior", {}).get("vae_extra_corpus")
+    if extra:
+        if extra not in datasets:
+            raise ConfigError(f"config key 'prior.vae_extra_corpus': unknown dataset {extra!r} (defined under 'datasets': {', '.join(sorted(datasets))})")
+        if datasets[extra]["format"] != "minicity" or "train" not in datasets[extra].get("splits", {}):
+            raise ConfigError(f"config key 'prior.vae_extra_corpus': dataset {extra!r} is not a minicity dataset with a train split")
     for name, experiment in config.get("experiments", {}).items():
         data = experiment["data"]
         if data != "source" and data not in config.get("generated_sets", {}):

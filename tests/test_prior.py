@@ -262,3 +262,74 @@ def test_tokenizer_spells_every_caption_and_prompt_word_as_one_token(tmp_path):
     ids = tokenizer(longest).input_ids
     assert len(ids) <= 77 and tokenizer.convert_ids_to_tokens(ids)[-4:-1] == ["foggy</w>", "weather</w>", ".</w>"]
     assert prior.PRIOR_SPEC["max_tokens"] >= len(ids)
+
+
+def test_random_crops_draw_from_every_set_by_image_count():
+    """The VAE's batches mix the corpus and its extra set (other image sizes allowed), each
+    image equally likely: a set of twice the images gives about twice the crops."""
+    small = torch.zeros(20, 3, 32, 48, dtype=torch.uint8)
+    large = torch.full((10, 3, 40, 40), 255, dtype=torch.uint8)
+    crops = prior._random_crops([small, large], 600, 32, torch.Generator().manual_seed(0))
+    assert crops.shape == (600, 3, 32, 32)
+    from_large = int((crops.flatten(1).float().mean(1) == 255).sum())
+    assert 150 < from_large < 250, from_large  # expected 200 of 600
+    same = prior._random_crops([small, large], 8, 32, torch.Generator().manual_seed(1))
+    assert torch.equal(same, prior._random_crops([small, large], 8, 32, torch.Generator().manual_seed(1)))
+
+
+@pytest.fixture(scope="module")
+def game_images(tmp_path_factory) -> Path:
+    from dginstyle.data.prepare import prepare
+
+    out = tmp_path_factory.mktemp("game") / "mini_game"
+    prepare(fmt="minicity", out=out, splits="train=6", domain="game", seed=0, size="48x32", workers=1)
+    return out
+
+
+def test_vae_extra_corpus_is_recorded_and_matches_its_request(corpus, game_images, tiny_run, tmp_path):
+    """A prior whose VAE also saw the source images records that set; its record equals the
+    config's request with that set (so the shipped copy installs) and differs without it; the
+    VAE stage does not resume from a checkpoint trained without it."""
+    root, plain = tiny_run
+    shutil.copytree(root / "ck", tmp_path / "ck")
+    meta = prior.pretrain_prior(corpus, tmp_path / "out", tmp_path / "ck", vae_steps=3, unet_steps=4, vae_extra_corpus=game_images, **TINY_ARGS)
+    assert meta["resumed_from"]["vae"] is None  # other training data: trained afresh
+    extra = meta["vae_extra_corpus"]
+    assert extra["images"] == 6 and extra["domain"] == "game" and extra["size"] == {"width": 48, "height": 32}
+    assert plain["vae_extra_corpus"] is None
+    assert _digests(tmp_path / "out")[WEIGHTS[0]] != _digests(root / "out")[WEIGHTS[0]]
+    corpus_spec = {"domain": "prior", "splits": {"train": 16}, "seed": 0, "size": [32, 32], "world_version": minicity.WORLD_VERSION}
+    extra_spec = {"domain": "game", "splits": {"train": 6}, "seed": 0, "size": [48, 32], "world_version": minicity.WORLD_VERSION}
+    training = {k: meta["hyperparameters"][k] for k in prior.recorded_request(meta)["training"]}
+    assert prior.recorded_request(meta) == prior.training_request(corpus_spec, 32, training, vae_extra=extra_spec)
+    assert prior.recorded_request(meta) != prior.training_request(corpus_spec, 32, training)
+    assert prior.recorded_request(plain) == prior.training_request(corpus_spec, 32, {k: plain["hyperparameters"][k] for k in training})
+
+
+@shipped
+def test_shipped_vae_reconstructs_the_source_look(tmp_path):
+    """The shipped VAE is a codec for the source too (its extra corpus): held-out game-look
+    images (another world seed than it was trained on) come back with their colour and shapes.
+    The VAE trained on the prior corpus alone gave them back grey and blurred (L1 0.13,
+    saturation 0.63 -> 0.47); this one measured L1 0.055 and kept the saturation (0.68)."""
+    from dginstyle.data.prepare import prepare
+
+    torch.set_num_threads(1)
+    meta = models.read_metadata(prior.shipped_prior_path())
+    assert meta["vae_extra_corpus"]["domain"] == "game"
+    out = tmp_path / "game"
+    prepare(fmt="minicity", out=out, splits="train=8", domain="game", seed=7, size="128x64", workers=1)
+    images = prior.load_extra_images(out)
+    vae = models.load_components(prior.shipped_prior_path())["vae"]
+    with torch.no_grad():
+        x = prior._to_unit(images)
+        y = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
+
+    def saturation(t):
+        rgb = (t + 1) / 2
+        top, low = rgb.max(1).values, rgb.min(1).values
+        return float(((top - low) / top.clamp(min=1e-6)).mean())
+
+    l1 = float((y - x).abs().mean() / 2)  # in [0, 1] units
+    assert l1 < 0.08, l1
+    assert saturation(y) > 0.9 * saturation(x), (saturation(y), saturation(x))

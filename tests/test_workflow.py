@@ -78,10 +78,11 @@ def test_forcerun_pretrain_prior_retrains_from_its_corpus(tmp_path):
     assert result.returncode == 0, result.stderr
     jobs = planned_jobs(result)
     assert jobs["pretrain_prior"] == 1
-    assert jobs["prepare_dataset"] == 7  # the prior corpus is rendered for it
+    assert jobs["prepare_dataset"] == 8  # the prior corpus and the VAE's extra corpus are rendered for it
     # the shipped prior's recipe (the schema defaults)
-    assert "--vae-steps 1500 --unet-steps 2000" in result.stdout
+    assert "--vae-steps 3000 --unet-steps 2000" in result.stdout
     assert "--vae-crop 32 --vae-learning-rate 0.002" in result.stdout
+    assert "--vae-extra-corpus results/datasets/mini_gta5_vae" in result.stdout
 
 
 def write_config(path: Path, config: dict) -> Path:

@@ -164,21 +164,52 @@ def _to_unit(batch):
     return batch.float().div(127.5).sub(1.0)
 
 
-def _random_crops(images, count: int, size: int, generator, flip: bool = True):
+def _random_crops(image_sets, count: int, size: int, generator, flip: bool = True):
+    """`count` random square crops from one uint8 [N,3,H,W] tensor or a list of them (sets of
+    different image sizes); every image of every set is equally likely."""
     import torch
 
-    n, _, h, w = images.shape
-    index = torch.randint(0, n, (count,), generator=generator)
-    ys = torch.randint(0, h - size + 1, (count,), generator=generator)
-    xs = torch.randint(0, w - size + 1, (count,), generator=generator)
+    sets = [image_sets] if torch.is_tensor(image_sets) else list(image_sets)
+    starts = torch.tensor([0] + [len(s) for s in sets]).cumsum(0)
+    index = torch.randint(0, int(starts[-1]), (count,), generator=generator)
+    ys = torch.rand(count, generator=generator)
+    xs = torch.rand(count, generator=generator)
     flips = torch.rand(count, generator=generator) < 0.5
     crops = []
     for i in range(count):
-        crop = images[index[i], :, ys[i] : ys[i] + size, xs[i] : xs[i] + size]
+        which = int(torch.searchsorted(starts, index[i], right=True)) - 1
+        image = sets[which][int(index[i] - starts[which])]
+        _, h, w = image.shape
+        y, x = int(ys[i] * (h - size + 1)), int(xs[i] * (w - size + 1))
+        crop = image[:, y : y + size, x : x + size]
         if flip and flips[i]:
             crop = crop.flip(-1)
         crops.append(crop)
     return torch.stack(crops)
+
+
+def load_extra_images(dataset: Path, split: str = "train"):
+    """uint8 [N,3,H,W] images of a prepared dataset's split (labels unused): what the VAE
+    learns to reconstruct besides the prior corpus (`--vae-extra-corpus`)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    folder = Path(dataset) / "images" / split
+    paths = sorted(p for p in folder.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    if not paths:
+        raise DataError(f"{folder}: no images (the VAE's extra corpus must be a prepared dataset with a {split!r} split)")
+    arrays = []
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                arrays.append(np.asarray(img.convert("RGB")))
+        except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad files
+            raise DataError(f"{path}: cannot decode image ({exc.__class__.__name__}: {exc})") from None
+    shapes = {a.shape for a in arrays}
+    if len(shapes) != 1:
+        raise DataError(f"{folder}: images have different sizes {sorted(shapes)}; the VAE's extra corpus must be one size")
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -301,7 +332,7 @@ def reconstruction_loss(recon, target):
     return (recon - target).pow(2).mean() + CHROMA_WEIGHT * (chroma(recon) - chroma(target)).pow(2).mean()
 
 
-def _train_vae(vae, images, *, steps, batch_size, crop, lr, seed, directory, fingerprint, checkpoint_every, device):
+def _train_vae(vae, image_sets, *, steps, batch_size, crop, lr, seed, directory, fingerprint, checkpoint_every, device):
     import torch
 
     from dginstyle.diffusion.training import capture_rng_state, restore_rng_state, save_checkpoint, set_lr, warmup_cosine
@@ -324,7 +355,7 @@ def _train_vae(vae, images, *, steps, batch_size, crop, lr, seed, directory, fin
     started = time.perf_counter()
     while step < steps:
         set_lr(optimizer, lr * warmup_cosine(step, steps, WARMUP_STEPS))
-        batch = _to_unit(_random_crops(images, batch_size, crop, generator)).to(device)
+        batch = _to_unit(_random_crops(image_sets, batch_size, crop, generator)).to(device)
         posterior = vae.encode(batch).latent_dist
         recon = vae.decode(posterior.mean).sample
         loss = reconstruction_loss(recon, batch) + KL_WEIGHT * posterior.kl().mean()
@@ -459,8 +490,16 @@ def pretrain_prior(
     vae_learning_rate: float = DEFAULTS["vae_learning_rate"],
     checkpoint_every: int = DEFAULTS["checkpoint_every"],
     device: str = "auto",
+    vae_extra_corpus: Path | None = None,
 ) -> dict:
     """Train the tiny prior on `corpus` and write a diffusers pipeline folder to `out`.
+
+    `vae_extra_corpus`: a prepared dataset whose train images (labels unused) the VAE also
+    learns to reconstruct; the text encoder and UNet never see them. The VAE is a codec, not a
+    style prior: SD's VAE, trained on a broad photo corpus, reconstructs GTA5 frames nearly
+    losslessly, and U^S can only take on the source look if the VAE can represent it. Trained
+    on the prior corpus alone, the tiny VAE reconstructed the saturated game look with L1 0.13
+    (targets 0.02-0.03): every source image came back grey and blurred.
 
     Returns the metadata written to `out/dginstyle.json`. Resumes from `checkpoints` (both
     stages); `out` appears only when complete. `samples`: optional PNG grid (weather x style
@@ -487,6 +526,16 @@ def pretrain_prior(
     images, captions, manifest = load_corpus(corpus)
     images = _fit_images(images, resolution, spec.downsample)
     log.info("corpus %s: %d images %dx%d; device %s, %d threads", corpus, len(images), images.shape[3], images.shape[2], dev, threads)
+    vae_sets, extra_id = [images], None
+    if vae_extra_corpus is not None:
+        extra = _fit_images(load_extra_images(vae_extra_corpus), vae_crop, spec.downsample)
+        vae_sets.append(extra)
+        extra_manifest_file = Path(vae_extra_corpus) / "manifest.json"
+        extra_manifest = json.loads(extra_manifest_file.read_text()) if extra_manifest_file.is_file() else {}
+        extra_id = {"path": str(Path(vae_extra_corpus).resolve()), "dataset": extra_manifest.get("dataset"), "domain": extra_manifest.get("domain"),
+                    "seed": extra_manifest.get("seed"), "size": extra_manifest.get("size"), "images": len(extra),
+                    "world_version": extra_manifest.get("world_version")}
+        log.info("VAE extra corpus %s: %d images %dx%d", vae_extra_corpus, len(extra), extra.shape[3], extra.shape[2])
 
     seed_everything(seed)
     tokenizer_dir = checkpoints / "tokenizer"
@@ -502,8 +551,9 @@ def pretrain_prior(
                  checkpoint_every=checkpoint_every, prediction_type="epsilon", noise_schedule="SD 1.5 scaled_linear DDPM")
     corpus_id = {"path": str(corpus.resolve()), "dataset": manifest.get("dataset"), "seed": manifest.get("seed"), "size": manifest.get("size"),
                  "images": len(images), "world_version": manifest.get("world_version")}
-    vae_fp = _fingerprint({"corpus": corpus_id, "spec": asdict(spec), "crop": vae_crop, "batch": vae_batch_size, "lr": vae_learning_rate, "seed": seed, "stage": "vae-pinned"})
-    vae_info = _train_vae(components["vae"], images, steps=vae_steps, batch_size=vae_batch_size, crop=vae_crop, lr=vae_learning_rate,
+    vae_fp = _fingerprint({"corpus": corpus_id, "vae_extra_corpus": extra_id, "spec": asdict(spec), "crop": vae_crop, "batch": vae_batch_size,
+                           "lr": vae_learning_rate, "seed": seed, "stage": "vae-pinned"})
+    vae_info = _train_vae(components["vae"], vae_sets, steps=vae_steps, batch_size=vae_batch_size, crop=vae_crop, lr=vae_learning_rate,
                           seed=seed, directory=checkpoints / "vae", fingerprint=vae_fp, checkpoint_every=checkpoint_every, device=dev)
 
     # latent scaling factor: 1 / std of latent samples over (a subset of) the corpus
@@ -529,6 +579,7 @@ def pretrain_prior(
     metadata = {
         "kind": "prior",
         "corpus": corpus_id,
+        "vae_extra_corpus": extra_id,
         "hyperparameters": hyper,
         "spec": models.spec_as_dict(spec),
         "steps": {"vae": vae_info["steps"], "unet": unet_info["steps"]},
@@ -587,16 +638,21 @@ def verify_shipped_prior(folder: Path | None = None) -> None:
             raise DataError(f"{path}: sha256 {actual} does not match the recorded {digest} (corrupt or modified weights)")
 
 
-def training_request(corpus: dict, resolution: int, training: dict) -> dict:
+def training_request(corpus: dict, resolution: int, training: dict, vae_extra: dict | None = None) -> dict:
     """What a prior is trained from, in the terms of the workflow config (for comparisons).
 
     `corpus` = {domain, splits, seed, size: [w, h], world_version} of the minicity corpus;
     `training` = the config's prior.training (checkpoint_every left out: it does not change
-    the result).
+    the result); `vae_extra` = the same facts of the VAE's extra corpus, or None.
     """
     hyper = {k: v for k, v in training.items() if k != "checkpoint_every"}
+    extra = None
+    if vae_extra is not None:
+        extra = {"domain": vae_extra["domain"], "seed": vae_extra["seed"], "size": list(vae_extra["size"]),
+                 "images": sum(vae_extra["splits"].values()), "world_version": vae_extra["world_version"]}
     return {
         "corpus": {"seed": corpus["seed"], "size": list(corpus["size"]), "images": sum(corpus["splits"].values()), "world_version": corpus["world_version"]},
+        "vae_extra_corpus": extra,
         "resolution": resolution,
         "training": hyper,
     }
@@ -607,8 +663,14 @@ def recorded_request(metadata: dict) -> dict:
     corpus, hyper = metadata.get("corpus", {}), metadata.get("hyperparameters", {})
     size = corpus.get("size") or {}
     keys = ("vae_steps", "unet_steps", "batch_size", "vae_batch_size", "vae_crop", "vae_learning_rate", "learning_rate", "seed")
+    extra = metadata.get("vae_extra_corpus")
+    if extra is not None:
+        extra_size = extra.get("size") or {}
+        extra = {"domain": extra.get("domain"), "seed": extra.get("seed"), "size": [extra_size.get("width"), extra_size.get("height")],
+                 "images": extra.get("images"), "world_version": extra.get("world_version")}
     return {
         "corpus": {"seed": corpus.get("seed"), "size": [size.get("width"), size.get("height")], "images": corpus.get("images"), "world_version": corpus.get("world_version")},
+        "vae_extra_corpus": extra,
         "resolution": hyper.get("resolution"),
         "training": {k: hyper.get(k) for k in keys},
     }
@@ -710,6 +772,14 @@ def ship_prior(pipeline: Path, command: str, samples: Path | None = None, dest: 
     wall = meta.get("wall_time_s", {})
     hyper = meta.get("hyperparameters", {})
     size = sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
+    extra = meta.get("vae_extra_corpus")
+    extra_prepare, extra_record = [], []
+    if extra:
+        extra_size = extra.get("size") or {}
+        extra_prepare = [f"python -m dginstyle prepare minicity --domain {extra.get('domain')} --splits train={extra.get('images')} --seed {extra.get('seed')} "
+                         f"--size {extra_size.get('width')}x{extra_size.get('height')} --out results/datasets/{extra.get('dataset')} --workers 2"]
+        extra_record = [f"- the VAE also reconstructs {extra.get('dataset')} ({extra.get('images')} {extra.get('domain')} images, labels unused); "
+                        "the text encoder and UNet never see them"]
     lines = [
         "# The shipped miniature-world prior",
         "",
@@ -723,6 +793,7 @@ def ship_prior(pipeline: Path, command: str, samples: Path | None = None, dest: 
         "",
         "```",
         "python -m dginstyle prepare minicity --domain prior --splits train=2000 --seed 0 --size 128x64 --out results/datasets/mini_prior --workers 2",
+        *extra_prepare,
         command,
         "```",
         "",
@@ -732,6 +803,7 @@ def ship_prior(pipeline: Path, command: str, samples: Path | None = None, dest: 
         "",
         f"- VAE: {meta['steps']['vae']} steps, batch {hyper.get('vae_batch_size')} of {hyper.get('vae_crop')} px crops, learning rate {hyper.get('vae_learning_rate')}, "
         f"loss {hyper.get('vae_loss')}",
+        *extra_record,
         f"- UNet + text encoder: {meta['steps']['unet']} steps, batch {hyper.get('batch_size')} at resolution {hyper.get('resolution')}, "
         f"learning rate {hyper.get('learning_rate')}; seed {hyper.get('seed')}; resumed from (vae, unet) steps {meta.get('resumed_from')}",
         f"- training time on this machine (2 CPU cores shared with other jobs, {meta.get('threads')} threads): "
@@ -775,6 +847,7 @@ def add_cli(sub) -> None:
     p.add_argument("--vae-batch-size", type=int, default=DEFAULTS["vae_batch_size"])
     p.add_argument("--vae-crop", type=int, default=DEFAULTS["vae_crop"], help="square VAE training crop in pixels (the VAE is convolutional)")
     p.add_argument("--vae-learning-rate", type=float, default=DEFAULTS["vae_learning_rate"])
+    p.add_argument("--vae-extra-corpus", type=Path, help="prepared dataset whose train images (not labels) the VAE also learns to reconstruct")
     p.add_argument("--learning-rate", type=float, default=DEFAULTS["learning_rate"])
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
     p.add_argument("--checkpoint-every", type=int, default=DEFAULTS["checkpoint_every"])
@@ -793,6 +866,7 @@ def _run_cli(args: argparse.Namespace) -> None:
         vae_batch_size=args.vae_batch_size, vae_crop=args.vae_crop, vae_learning_rate=args.vae_learning_rate,
         learning_rate=args.learning_rate, seed=args.seed,
         threads=threads, samples=args.samples, checkpoint_every=args.checkpoint_every, device=args.device,
+        vae_extra_corpus=args.vae_extra_corpus,
     )
 
 

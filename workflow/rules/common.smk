@@ -52,10 +52,12 @@ wildcard_constraints:
 
 def final_datasets():
     """The datasets `all` asks for. While the shipped prior stands in for a trained one, its
-    corpus is left out: rendering it would make pretrain_prior's input newer and retrain it
-    (ask for the corpus or its contact sheet by name to get it anyway)."""
+    corpus and its VAE's extra corpus are left out: rendering them would make pretrain_prior's
+    input newer and retrain it (ask for them or their contact sheets by name to get them).
+    """
     if SHIPPED_PRIOR_IN_USE:
-        return [name for name in DATASETS if name != config["prior"]["corpus"]]
+        prior_only = {config["prior"]["corpus"], config["prior"]["vae_extra_corpus"]}
+        return [name for name in DATASETS if name not in prior_only]
     return DATASETS
 
 
@@ -126,7 +128,10 @@ def install_shipped_prior():
     )
 
     request = training_request(
-        prior_corpus_spec(), config["prior"]["resolution"], config["prior"]["training"]
+        prior_corpus_spec(),
+        config["prior"]["resolution"],
+        config["prior"]["training"],
+        vae_extra=corpus_spec(config["prior"]["vae_extra_corpus"]),
     )
     outcome = sync_shipped_prior(PRIOR, request)
     if outcome in ("installed", "removed"):
@@ -146,7 +151,14 @@ def prior_argument(wildcards, input):
 
 def prior_corpus_spec():
     """What the tiny prior is trained on, as recorded with it (a change retrains it)."""
-    corpus = config["datasets"][config["prior"]["corpus"]]
+    return corpus_spec(config["prior"]["corpus"])
+
+
+def corpus_spec(name):
+    """A minicity dataset as the prior records it (None for no dataset)."""
+    if name is None:
+        return None
+    corpus = config["datasets"][name]
     world = config["minicity"]
     from dginstyle.data.minicity import WORLD_VERSION
 
@@ -157,6 +169,17 @@ def prior_corpus_spec():
         "size": [world["width"], world["height"]],
         "world_version": WORLD_VERSION,
     }
+
+
+def vae_extra_corpus_input():
+    """The dataset the tiny VAE also reconstructs, as an input of pretrain_prior (ancient, as
+    the corpus: a shipped prior installed at DAG build stays valid)."""
+    name = config["prior"]["vae_extra_corpus"]
+    return ancient(f"results/datasets/{name}") if name else []
+
+
+def vae_extra_argument(wildcards, input):
+    return f" --vae-extra-corpus {input.vae_extra}" if input.get("vae_extra") else ""
 
 
 def weather_schedule_argument(wildcards):

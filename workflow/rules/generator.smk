@@ -10,6 +10,7 @@ if PRIOR_TRAINED_HERE:
             # ancient: the shipped prior installed at DAG build stays valid although the corpus
             # folder is rendered later; a changed corpus spec reaches the job through params.
             corpus=ancient(f"results/datasets/{config['prior']['corpus']}"),
+            vae_extra=vae_extra_corpus_input(),
         output:
             prior=directory(PRIOR),  # holds samples.png, a grid of weather/style prompts
         log:
@@ -25,6 +26,7 @@ if PRIOR_TRAINED_HERE:
             gpu=1,
         params:
             corpus=prior_corpus_spec(),
+            vae_extra=vae_extra_argument,
             resolution=config["prior"]["resolution"],
             training=config["prior"]["training"],
             checkpoints="results/checkpoints/pretrain_prior",
@@ -35,7 +37,7 @@ if PRIOR_TRAINED_HERE:
             " --batch-size {params.training[batch_size]} --vae-batch-size {params.training[vae_batch_size]}"
             " --vae-crop {params.training[vae_crop]} --vae-learning-rate {params.training[vae_learning_rate]}"
             " --learning-rate {params.training[learning_rate]} --seed {params.training[seed]}"
-            " --checkpoint-every {params.training[checkpoint_every]} > {log} 2>&1"
+            " --checkpoint-every {params.training[checkpoint_every]}{params.vae_extra} > {log} 2>&1"
 
 
 rule finetune_unet:
