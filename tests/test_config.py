@@ -108,6 +108,26 @@ def test_prior_corpus_as_source_refused():
     expect_error(config, "'source'", "unlabelled prior corpus")
 
 
+def test_vae_extra_corpus_must_be_a_defined_minicity_train_set():
+    config = load("smoke")
+    config["prior"]["vae_extra_corpus"] = "mini_kitti"
+    expect_error(config, "prior.vae_extra_corpus", "mini_kitti", "unknown dataset")
+    config = load("smoke")
+    config["prior"]["vae_extra_corpus"] = config["targets"][0]  # a val-only target
+    expect_error(config, "prior.vae_extra_corpus", "train split")
+
+
+def test_vae_extra_corpus_is_a_used_dataset():
+    from dginstyle.config import used_datasets
+
+    config = load("smoke")
+    assert config["prior"]["vae_extra_corpus"] == config["source"]
+    assert used_datasets(config).count(config["source"]) == 1  # rendered once
+    config["datasets"]["game_codec"] = dict(config["datasets"]["mini_gta5"])
+    config["prior"]["vae_extra_corpus"] = "game_codec"
+    assert used_datasets(config)[-1] == "game_codec"
+
+
 def test_real_dataset_without_root_key():
     config = load("smoke")
     config["datasets"]["cs"] = {"format": "cityscapes"}
