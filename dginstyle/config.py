@@ -113,8 +113,6 @@ def _check_references(config: dict) -> None:
     if extra:
         if extra not in datasets:
             raise ConfigError(f"config key 'prior.vae_extra_corpus': unknown dataset {extra!r} (defined under 'datasets': {', '.join(sorted(datasets))})")
-        if datasets[extra]["format"] != "minicity" or "train" not in datasets[extra].get("splits", {}):
-            raise ConfigError(f"config key 'prior.vae_extra_corpus': dataset {extra!r} is not a minicity dataset with a train split")
     for name, experiment in config.get("experiments", {}).items():
         data = experiment["data"]
         if data != "source" and data not in config.get("generated_sets", {}):
@@ -239,14 +237,18 @@ def dataset_splits(entry: dict) -> list[str]:
 
 
 def _check_splits(config: dict) -> None:
-    """The source must have a train split and every target the evaluation split, or the run
-    would fail only after the generator and the segmenters have been trained. The evaluation
+    """The source (and the prior VAE's extra corpus) must have a train split and every target
+    the evaluation split, or the run would fail only after the generator and the segmenters
+    have been trained. The evaluation
     split is also the one free string that becomes a path (labels/<split>/), so this check is
     what keeps '..' out of it."""
     datasets = config["datasets"]
     source = config["source"]
     if "train" not in dataset_splits(datasets[source]):
         raise ConfigError(f"config key 'datasets.{source}': the source has no 'train' split (splits: {', '.join(dataset_splits(datasets[source]))})")
+    extra = config.get("prior", {}).get("vae_extra_corpus")
+    if extra and (datasets[extra]["format"] != "minicity" or "train" not in dataset_splits(datasets[extra])):
+        raise ConfigError(f"config key 'prior.vae_extra_corpus': dataset {extra!r} is not a minicity dataset with a train split")
     split = config.get("evaluation", {}).get("split", "val")
     for name in config["targets"]:
         if split not in dataset_splits(datasets[name]):
