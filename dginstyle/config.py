@@ -101,6 +101,9 @@ def _check_references(config: dict) -> None:
     corpus = config.get("prior", {}).get("corpus")
     if corpus:
         refs.append(("prior.corpus", corpus))
+    extra = config.get("prior", {}).get("vae_extra_corpus")
+    if extra:
+        refs.append(("prior.vae_extra_corpus", extra))
     for key, name in refs:
         if name not in datasets:
             raise ConfigError(f"config key '{key}': unknown dataset {name!r} (defined under 'datasets': {', '.join(sorted(datasets))})")
@@ -109,10 +112,6 @@ def _check_references(config: dict) -> None:
         raise ConfigError(f"config key 'source': dataset {config['source']!r} is the unlabelled prior corpus, not a labelled source")
     if corpus and not (datasets[corpus]["format"] == "minicity" and datasets[corpus]["domain"] == "prior"):
         raise ConfigError(f"config key 'prior.corpus': dataset {corpus!r} is not a minicity prior corpus (format minicity, domain prior)")
-    extra = config.get("prior", {}).get("vae_extra_corpus")
-    if extra:
-        if extra not in datasets:
-            raise ConfigError(f"config key 'prior.vae_extra_corpus': unknown dataset {extra!r} (defined under 'datasets': {', '.join(sorted(datasets))})")
     for name, experiment in config.get("experiments", {}).items():
         data = experiment["data"]
         if data != "source" and data not in config.get("generated_sets", {}):

@@ -37,7 +37,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from dginstyle.diffusion.layouts import prompt_vocabulary
-from dginstyle.io import DataError, atomic_write_bytes, atomic_write_json, fresh_staging_dir, replace_dir, sha256_file
+from dginstyle.io import DataError, atomic_write_bytes, atomic_write_json, fresh_staging_dir, read_rgb, replace_dir, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +106,6 @@ def _fingerprint(obj) -> str:
 
 def load_corpus(corpus: Path, split: str = "train"):
     """(images uint8 [N,3,H,W], captions, manifest) of a prepared prior corpus."""
-    import numpy as np
-    import torch
-    from PIL import Image
-
     corpus = Path(corpus)
     captions_file = corpus / "captions.jsonl"
     if not captions_file.is_file():
@@ -129,23 +125,28 @@ def load_corpus(corpus: Path, split: str = "train"):
     if not rows:
         raise DataError(f"{captions_file}: no rows for split {split!r}")
     rows.sort(key=lambda r: r["stem"])
-    arrays, captions = [], []
+    paths, captions = [], []
     folder = corpus / "images" / split
     for row in rows:
         candidates = sorted(folder.glob(f"{row['stem']}.*"))
         if not candidates:
             raise DataError(f"{folder}: image for {row['stem']!r} not found")
-        try:
-            with Image.open(candidates[0]) as img:
-                arrays.append(np.asarray(img.convert("RGB")))
-        except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad files
-            raise DataError(f"{candidates[0]}: cannot decode image ({exc.__class__.__name__}: {exc})") from None
+        paths.append(candidates[0])
         captions.append(str(row.get("caption", "")))
+    return _stack_images(paths, folder, "the prior corpus"), captions, manifest
+
+
+def _stack_images(paths: list[Path], folder: Path, what: str):
+    """The images at `paths` as one uint8 [N,3,H,W] tensor; DataError naming a damaged file, or
+    `folder` when the sizes differ (`what` must be one size)."""
+    import numpy as np
+    import torch
+
+    arrays = [np.asarray(read_rgb(path)) for path in paths]
     shapes = {a.shape for a in arrays}
     if len(shapes) != 1:
-        raise DataError(f"{folder}: images have different sizes {sorted(shapes)}; the prior corpus must be one size")
-    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-    return images, captions, manifest
+        raise DataError(f"{folder}: images have different sizes {sorted(shapes)}; {what} must be one size")
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
 def _fit_images(images, resolution: int, multiple: int):
@@ -166,12 +167,11 @@ def _to_unit(batch):
     return batch.float().div(127.5).sub(1.0)
 
 
-def _random_crops(image_sets, count: int, size: int, generator, flip: bool = True):
-    """`count` random square crops from one uint8 [N,3,H,W] tensor or a list of them (sets of
-    different image sizes); every image of every set is equally likely."""
+def _random_crops(sets, count: int, size: int, generator, flip: bool = True):
+    """`count` random square crops from a list of uint8 [N,3,H,W] tensors (sets of different
+    image sizes allowed); every image of every set is equally likely."""
     import torch
 
-    sets = [image_sets] if torch.is_tensor(image_sets) else list(image_sets)
     starts = torch.tensor([0] + [len(s) for s in sets]).cumsum(0)
     index = torch.randint(0, int(starts[-1]), (count,), generator=generator)
     ys = torch.rand(count, generator=generator)
@@ -193,25 +193,11 @@ def _random_crops(image_sets, count: int, size: int, generator, flip: bool = Tru
 def load_extra_images(dataset: Path, split: str = "train"):
     """uint8 [N,3,H,W] images of a prepared dataset's split (labels unused): what the VAE
     learns to reconstruct besides the prior corpus (`--vae-extra-corpus`)."""
-    import numpy as np
-    import torch
-    from PIL import Image
-
     folder = Path(dataset) / "images" / split
     paths = sorted(p for p in folder.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
     if not paths:
         raise DataError(f"{folder}: no images (the VAE's extra corpus must be a prepared dataset with a {split!r} split)")
-    arrays = []
-    for path in paths:
-        try:
-            with Image.open(path) as img:
-                arrays.append(np.asarray(img.convert("RGB")))
-        except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad files
-            raise DataError(f"{path}: cannot decode image ({exc.__class__.__name__}: {exc})") from None
-    shapes = {a.shape for a in arrays}
-    if len(shapes) != 1:
-        raise DataError(f"{folder}: images have different sizes {sorted(shapes)}; the VAE's extra corpus must be one size")
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    return _stack_images(paths, folder, "the VAE's extra corpus")
 
 
 # ----------------------------------------------------------------------------- sampling
