@@ -238,9 +238,8 @@ def dataset_splits(entry: dict) -> list[str]:
 def _check_splits(config: dict) -> None:
     """The source (and the prior VAE's extra corpus) must have a train split and every target
     the evaluation split, or the run would fail only after the generator and the segmenters
-    have been trained. The evaluation
-    split is also the one free string that becomes a path (labels/<split>/), so this check is
-    what keeps '..' out of it."""
+    have been trained. The evaluation split is also the one free string that becomes a path
+    (labels/<split>/), so this check is what keeps '..' out of it."""
     datasets = config["datasets"]
     source = config["source"]
     if "train" not in dataset_splits(datasets[source]):
