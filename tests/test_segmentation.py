@@ -232,6 +232,19 @@ def test_checkpoint_outside_the_run_folder_is_refused(world, tmp_path):
         train_segmentation(source, [], tmp_path / "run", work, iterations=2, **TRAIN)
 
 
+def test_a_moved_run_folder_resumes_from_its_own_checkpoint(tmp_path):
+    from dginstyle.segmentation.train import latest_checkpoint
+
+    old, work = tmp_path / "old", tmp_path / "moved"
+    work.mkdir()
+    (work / "iter_4.pth").write_bytes(b"x")
+    (work / "last_checkpoint").write_text(str(old / "iter_4.pth"))  # the absolute path mmengine wrote before the move
+    assert latest_checkpoint(work) == (work / "iter_4.pth").resolve()
+    (work / "last_checkpoint").write_text(str(old / "iter_8.pth"))  # no file of that name here: still refused
+    with pytest.raises(DataError, match="outside the run folder"):
+        latest_checkpoint(work)
+
+
 def test_filter_label_by_class_recall_and_by_confident_pixel():
     from dginstyle.segmentation.quality_control import filter_label
 

@@ -132,3 +132,27 @@ def test_cli():
     assert parser.parse_args(["style-swap", "--prior", "p", "--unet", "u", "--controlnet", "c", "--out", "o"]).variant == "plain"
     with pytest.raises(SystemExit):
         parser.parse_args(["style-swap", "--prior", "p", "--unet", "u", "--controlnet", "c", "--variant", "x", "--out", "o"])
+
+
+def test_look_measures_saturation_and_brightness():
+    from dginstyle.diffusion import figures
+
+    grey = np.full((4, 4, 3), 128, np.uint8)
+    red = np.zeros((4, 4, 3), np.uint8)
+    red[..., 0] = 255
+    assert figures.saturation(grey) == 0 and figures.saturation(np.zeros_like(grey)) == 0 and figures.saturation(red) == 1
+    assert figures.look([grey, red]) == {"saturation": 0.5, "brightness": round((128 / 255 + 1 / 3) / 2, 4)}
+
+
+def test_control_transfer_compares_the_two_generators_on_the_same_crops(world, generators):
+    from dginstyle.diffusion import figures
+
+    no_swap, plain = (style_swap.load_generator(generators[v][0]) for v in ("no_swap", "plain"))
+    same = figures.control_transfer(no_swap, no_swap, world["source"], crops_count=3)
+    assert same["loss_unswapped"] == same["loss_swapped"] and same["crops"] == 3
+    assert same["kept"] is None if same["loss_drop_unswapped"] <= 0 else same["kept"] == 1.0
+    swapped = figures.control_transfer(no_swap, plain, world["source"], crops_count=3)
+    assert swapped["loss_unswapped"] == same["loss_unswapped"]  # same crops, noise and timesteps
+    assert swapped["loss_swapped"]["without_control"] != swapped["loss_unswapped"]["without_control"]  # U^P is not U^S
+    with pytest.raises(DataError, match="transfer-crops"):
+        figures.control_transfer(no_swap, plain, world["source"], crops_count=0)

@@ -215,6 +215,14 @@ def test_smoke_run_executes_every_stage(smoke_run):
 
     with Image.open(figure) as image:  # header + 4 layout rows; condition, U^S, U^P, five weathers
         assert image.size == (8 * 96, 18 + 4 * 96)
+    numbers = json.loads((results / "figures" / "style_swap.json").read_text())
+    assert list(numbers["columns"]) == ["source images", "U^S (no swap)", "U^P (swap)"] + [f"U^P, {w}" for w in ("sunny", "foggy", "rainy", "snowy", "night")]
+    assert all(0 <= c["saturation"] <= 1 and 0 <= c["brightness"] <= 1 for c in numbers["columns"].values())
+    transfer = numbers["control_transfer"]
+    for key in ("loss_unswapped", "loss_swapped"):  # both losses measured, with the ControlNet off and on
+        assert transfer[key]["without_control"] > 0 and transfer[key]["with_control"] > 0
+    assert transfer["crops"] == 32
+    assert transfer["kept"] is None or isinstance(transfer["kept"], float)
     # Segmentation: every experiment x seed x target has its metrics; the DGInStyle runs saw the
     # generated pairs, the source-only runs did not.
     for experiment in config["experiments"]:

@@ -61,6 +61,12 @@ def latest_checkpoint(work_dir: Path) -> Path | None:
     if not name:
         return None
     path = Path(name) if Path(name).is_absolute() else Path(work_dir) / name
+    moved = Path(work_dir) / path.name
+    if not path.resolve().is_relative_to(Path(work_dir).resolve()) and moved.is_file():
+        # mmengine writes the pointer as an absolute path, so a run folder that was moved or
+        # copied names its old place; the checkpoint of that name in this folder is the one meant
+        log.warning("%s names %s, outside the run folder (moved?): resuming from %s", pointer, path, moved)
+        path = moved
     return check_inside_run_dir(path, work_dir)
 
 

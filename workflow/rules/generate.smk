@@ -81,11 +81,12 @@ rule style_swap_figure:
         plan=f"results/generated/{GENERATED_SETS[0]}/plan.jsonl",
         source=f"results/datasets/{config['source']}",
     output:
-        report(
+        figure=report(
             "results/figures/style_swap.png",
             caption="../report/style_swap.rst",
             category="Generator",
         ),
+        numbers="results/figures/style_swap.json",
     log:
         "results/logs/style_swap_figure.log",
     benchmark:
@@ -102,5 +103,5 @@ rule style_swap_figure:
         guidance=config["generation"]["guidance_scale"],
     shell:
         "python -m dginstyle style-swap-figure --swapped {input.swapped} --unswapped {input.unswapped}"
-        " --plan {input.plan} --source {input.source} --out {output} --count 4"
-        " --steps {params.steps} --guidance-scale {params.guidance} > {log} 2>&1"
+        " --plan {input.plan} --source {input.source} --out {output.figure} --count 4"
+        " --steps {params.steps} --guidance-scale {params.guidance} --numbers {output.numbers} > {log} 2>&1"
