@@ -32,6 +32,7 @@ rule all:
         contact_sheets(),
         generated_shards(),
         "results/figures/style_swap.png",
+        "results/figures/style_swap.json",
         metrics_files(),
         table_files(),
         "results/figures/training_curves.png",
