@@ -218,6 +218,7 @@ def test_smoke_run_executes_every_stage(smoke_run):
     numbers = json.loads((results / "figures" / "style_swap.json").read_text())
     assert list(numbers["columns"]) == ["source images", "U^S (no swap)", "U^P (swap)"] + [f"U^P, {w}" for w in ("sunny", "foggy", "rainy", "snowy", "night")]
     assert all(0 <= c["saturation"] <= 1 and 0 <= c["brightness"] <= 1 for c in numbers["columns"].values())
+    assert numbers["device"] == "cpu" and numbers["dtype"] == "float32"  # no GPU here: float32 on the CPU
     transfer = numbers["control_transfer"]
     for key in ("loss_unswapped", "loss_swapped"):  # both losses measured, with the ControlNet off and on
         assert transfer[key]["without_control"] > 0 and transfer[key]["with_control"] > 0

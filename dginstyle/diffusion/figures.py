@@ -61,11 +61,14 @@ def look(images: list[np.ndarray]) -> dict:
     return {"saturation": round(float(np.mean([saturation(i) for i in images])), 4), "brightness": round(float(np.mean([i.mean() / 255 for i in images])), 4)}
 
 
-def control_transfer(with_us: dict, with_up: dict, source: Path, crops_count: int = TRANSFER_CROPS, seed: int = 0) -> dict:
+def control_transfer(
+    with_us: dict, with_up: dict, source: Path, crops_count: int = TRANSFER_CROPS, seed: int = 0, device: str = "cpu", precision: str = "no"
+) -> dict:
     """Control gain of the unswapped (U^S) and the swapped generator on the same source crops.
 
     Crops as the ControlNet was trained (its crop size, RCS temperature and minimum pixels, from
-    its metadata in the generator), prompts = their class lists.
+    its metadata in the generator), prompts = their class lists. `device` and `precision` must be
+    those the generators were loaded with.
     """
     import json
 
@@ -83,7 +86,7 @@ def control_transfer(with_us: dict, with_up: dict, source: Path, crops_count: in
         raise DataError(f"{stats_path}: no class statistics (is {source} the labelled prepared source?)")
     sampler = crops.RareClassSampler(json.loads(stats_path.read_text()), hp.get("rcs_temperature", 0.01), hp.get("rcs_min_pixels", 3000), str(stats_path))
     layouts = validation_layouts(Path(source), "train", sampler, int(hp["crop_size"]), crops_count, None, seed)
-    rt = Runtime.create("cpu", "no", seed)
+    rt = Runtime.create(device, precision, seed)
     gain = {"unswapped": control_gain(with_us, layouts, rt, seed), "swapped": control_gain(with_up, layouts, rt, seed)}
     drop = {k: 1.0 - g["with_control"] / g["without_control"] for k, g in gain.items()}
     return dict(
@@ -126,8 +129,14 @@ def style_swap_figure(
     cell: int = 96,
     numbers: Path | None = None,
     transfer_crops: int = TRANSFER_CROPS,
+    device: str = "auto",
+    precision: str = "fp16",
 ) -> dict:
-    """Draw the figure to `out` (PNG, written atomically); its numbers (returned) to `numbers` (JSON)."""
+    """Draw the figure to `out` (PNG, written atomically); its numbers (returned) to `numbers` (JSON).
+
+    On the GPU the rule asks for where there is one (fp16/bf16 as `precision` says), else on the
+    CPU in float32: at paper scale 28 images of 20 steps and the transfer measure are SD passes.
+    """
     from dginstyle.diffusion.layouts import make_prompt, read_plan
     from dginstyle.diffusion.mrlf import MRLFSettings, generate_image
     from dginstyle.diffusion.style_swap import load_generator
@@ -135,9 +144,13 @@ def style_swap_figure(
     rows = read_plan(Path(plan))[:count]
     if not rows:
         raise DataError(f"{plan}: the plan is empty")
+    from dginstyle.diffusion import models
+
     settings = MRLFSettings(mode="plain", steps=steps, guidance_scale=guidance_scale)
-    with_us = load_generator(unswapped)
-    with_up = load_generator(swapped)
+    dev = models.pick_device(device)
+    dtype = models.pick_dtype(dev, precision)
+    with_us = load_generator(unswapped, dev, dtype)
+    with_up = load_generator(swapped, dev, dtype)
     headers = ["condition", "U^S (no swap)", "U^P (swap)"] + [f"U^P, {w}" for w in weathers]
     grid: list[list[np.ndarray]] = []
     source_images = []
@@ -171,7 +184,9 @@ def style_swap_figure(
         steps=steps,
         guidance_scale=guidance_scale,
         columns={"source images": look(source_images), **{h: look([cells[c] for cells in grid]) for c, h in enumerate(headers) if c > 0}},
-        control_transfer=control_transfer(with_us, with_up, Path(source), transfer_crops),
+        device=dev.type,
+        dtype=str(dtype).replace("torch.", ""),
+        control_transfer=control_transfer(with_us, with_up, Path(source), transfer_crops, device=str(dev), precision=precision if dev.type == "cuda" else "no"),
     )
     if numbers is not None:
         atomic_write_json(Path(numbers), result)
@@ -196,6 +211,8 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--guidance-scale", type=float, default=7.5)
     p.add_argument("--numbers", type=Path, default=None, help="JSON of the figure's numbers: each column's look, and the control transfer")
     p.add_argument("--transfer-crops", type=int, default=TRANSFER_CROPS, help="source crops the control transfer is measured on")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--precision", choices=("fp16", "bf16", "no"), default="fp16", help="model precision on CUDA (CPU: float32)")
     p.set_defaults(handler=_run)
 
 
@@ -208,4 +225,5 @@ def _run(args: argparse.Namespace) -> None:
     style_swap_figure(
         args.swapped, args.unswapped, args.plan, args.source, args.out, count=args.count, steps=args.steps,
         guidance_scale=args.guidance_scale, numbers=args.numbers, transfer_crops=args.transfer_crops,
+        device=args.device, precision=args.precision,
     )  # fmt: skip
