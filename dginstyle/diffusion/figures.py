@@ -58,6 +58,7 @@ def saturation(image: np.ndarray) -> float:
 
 
 def look(images: list[np.ndarray]) -> dict:
+    """Mean saturation and brightness (in [0, 1]) of a list of RGB uint8 images."""
     return {"saturation": round(float(np.mean([saturation(i) for i in images])), 4), "brightness": round(float(np.mean([i.mean() / 255 for i in images])), 4)}
 
 
@@ -73,7 +74,7 @@ def control_transfer(
     import json
 
     from dginstyle.diffusion import crops
-    from dginstyle.diffusion.controlnet import control_gain, validation_layouts
+    from dginstyle.diffusion.controlnet import CONTROL_GAIN_TIMESTEPS, control_gain, validation_layouts
     from dginstyle.diffusion.finetune import Runtime
 
     if crops_count < 1:
@@ -92,19 +93,13 @@ def control_transfer(
     return dict(
         crops=crops_count,
         seed=seed,
-        timesteps=_gain_timesteps(),
+        timesteps=list(CONTROL_GAIN_TIMESTEPS),
         loss_unswapped=gain["unswapped"],
         loss_swapped=gain["swapped"],
         loss_drop_unswapped=round(drop["unswapped"], 4),
         loss_drop_swapped=round(drop["swapped"], 4),
         kept=round(drop["swapped"] / drop["unswapped"], 4) if drop["unswapped"] > 0 else None,
     )
-
-
-def _gain_timesteps() -> list[int]:
-    from dginstyle.diffusion.controlnet import CONTROL_GAIN_TIMESTEPS
-
-    return list(CONTROL_GAIN_TIMESTEPS)
 
 
 def plan_crop_image(source: Path, row: dict) -> np.ndarray:
@@ -137,6 +132,7 @@ def style_swap_figure(
     On the GPU the rule asks for where there is one (fp16/bf16 as `precision` says), else on the
     CPU in float32: at paper scale 28 images of 20 steps and the transfer measure are SD passes.
     """
+    from dginstyle.diffusion import models
     from dginstyle.diffusion.layouts import make_prompt, read_plan
     from dginstyle.diffusion.mrlf import MRLFSettings, generate_image
     from dginstyle.diffusion.style_swap import load_generator
@@ -144,8 +140,6 @@ def style_swap_figure(
     rows = read_plan(Path(plan))[:count]
     if not rows:
         raise DataError(f"{plan}: the plan is empty")
-    from dginstyle.diffusion import models
-
     settings = MRLFSettings(mode="plain", steps=steps, guidance_scale=guidance_scale)
     dev = models.pick_device(device)
     dtype = models.pick_dtype(dev, precision)
