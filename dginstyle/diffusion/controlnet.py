@@ -112,8 +112,6 @@ def train_controlnet(
     split: str = "train",
 ) -> dict:
     """Train a 20-channel ControlNet from U^S's encoder against frozen U^S; returns the metadata."""
-    import json
-
     import torch
     import torch.nn.functional as F
 
@@ -139,10 +137,7 @@ def train_controlnet(
     prior, unet_path, source, out, checkpoints = Path(prior), Path(unet), Path(source), Path(out), Path(checkpoints)
     _check_positive(steps=steps, batch_size=batch_size, gradient_accumulation=gradient_accumulation, crop_size=crop_size)
     crops.source_stems(source, split)  # manifest + split exist
-    stats_path = source / "class_stats" / f"{split}.json"
-    if not stats_path.is_file():
-        raise DataError(f"{stats_path}: no class statistics for RCS (is {source} a labelled prepared dataset?)")
-    sampler = crops.RareClassSampler(json.loads(stats_path.read_text()), rcs_temperature, rcs_min_pixels, str(stats_path))
+    sampler = crops.source_rare_class_sampler(source, split, rcs_temperature, rcs_min_pixels)
     config = dict(
         prior=model_source(prior),
         prior_fingerprint=model_fingerprint(prior),

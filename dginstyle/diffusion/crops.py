@@ -140,6 +140,16 @@ class RareClassSampler:
         return cls, images[int(rng.integers(len(images)))]
 
 
+def source_rare_class_sampler(source: Path, split: str, temperature: float, min_pixels: int) -> RareClassSampler:
+    """The RareClassSampler of a prepared labelled dataset's class_stats/<split>.json."""
+    import json
+
+    stats_path = Path(source) / "class_stats" / f"{split}.json"
+    if not stats_path.is_file():
+        raise DataError(f"{stats_path}: no class statistics for RCS (is {source} a labelled prepared dataset?)")
+    return RareClassSampler(json.loads(stats_path.read_text()), temperature, min_pixels, str(stats_path))
+
+
 def centred_window(label: np.ndarray, cls: int, crop: int, rng: np.random.Generator, where: str = "label") -> tuple[int, int, int, int]:
     """A crop x crop window centred on a random pixel of `cls`, clamped to the image.
 

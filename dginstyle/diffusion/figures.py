@@ -71,8 +71,6 @@ def control_transfer(
     its metadata in the generator), prompts = their class lists. `device` and `precision` must be
     those the generators were loaded with.
     """
-    import json
-
     from dginstyle.diffusion import crops
     from dginstyle.diffusion.controlnet import CONTROL_GAIN_TIMESTEPS, control_gain, validation_layouts
     from dginstyle.diffusion.finetune import Runtime
@@ -82,10 +80,7 @@ def control_transfer(
     hp = with_up["metadata"].get("controlnet_metadata", {}).get("hyperparameters", {})
     if "crop_size" not in hp:
         raise DataError("the swapped generator's dginstyle.json has no controlnet_metadata.hyperparameters.crop_size")
-    stats_path = Path(source) / "class_stats" / "train.json"
-    if not stats_path.is_file():
-        raise DataError(f"{stats_path}: no class statistics (is {source} the labelled prepared source?)")
-    sampler = crops.RareClassSampler(json.loads(stats_path.read_text()), hp.get("rcs_temperature", 0.01), hp.get("rcs_min_pixels", 3000), str(stats_path))
+    sampler = crops.source_rare_class_sampler(Path(source), "train", hp.get("rcs_temperature", 0.01), hp.get("rcs_min_pixels", 3000))
     layouts = validation_layouts(Path(source), "train", sampler, int(hp["crop_size"]), crops_count, None, seed)
     rt = Runtime.create(device, precision, seed)
     gain = {"unswapped": control_gain(with_us, layouts, rt, seed), "swapped": control_gain(with_up, layouts, rt, seed)}
@@ -145,6 +140,8 @@ def style_swap_figure(
     dtype = models.pick_dtype(dev, precision)
     with_us = load_generator(unswapped, dev, dtype)
     with_up = load_generator(swapped, dev, dtype)
+    # Measured first: it needs only the generators and fails fast on a bad --transfer-crops.
+    transfer = control_transfer(with_us, with_up, Path(source), transfer_crops, device=str(dev), precision=precision if dev.type == "cuda" else "no")
     headers = ["condition", "U^S (no swap)", "U^P (swap)"] + [f"U^P, {w}" for w in weathers]
     grid: list[list[np.ndarray]] = []
     source_images = []
@@ -180,7 +177,7 @@ def style_swap_figure(
         columns={"source images": look(source_images), **{h: look([cells[c] for cells in grid]) for c, h in enumerate(headers) if c > 0}},
         device=dev.type,
         dtype=str(dtype).replace("torch.", ""),
-        control_transfer=control_transfer(with_us, with_up, Path(source), transfer_crops, device=str(dev), precision=precision if dev.type == "cuda" else "no"),
+        control_transfer=transfer,
     )
     if numbers is not None:
         atomic_write_json(Path(numbers), result)
