@@ -123,3 +123,16 @@ def test_paper_hrda_rows_use_the_1024_setting(tmp_path):
     assert "--feature-distance" not in commands[("train", "deeplabv2_dginstyle")] and "--rare-class-sampling" not in commands[("train", "deeplabv2_dginstyle")]
     assert "--model hrda_deeplabv2_r101" in commands[("train", "hrda_deeplabv2_dginstyle")] and "--rare-class-sampling" in commands[("train", "hrda_deeplabv2_dginstyle")]
     assert yaml.safe_load(PAPER.read_text())["tables"]["architectures"]["rows"][0]["experiment"] == "deeplabv2_source_only"
+
+
+def test_generated_repeat_reaches_the_runs_with_generated_data_only(tmp_path):
+    """segmentation.generated_repeat is passed to the experiments that train on generated
+    pairs; the source-only command stays as it was, so changing it reruns those runs only."""
+    experiments = ["source_only", "dginstyle"]
+    before = dry_run_commands(smoke(), tmp_path, "once", experiments)
+    config = smoke()
+    config["segmentation"]["generated_repeat"] = 3
+    after = dry_run_commands(config, tmp_path, "thrice", experiments)
+    assert "--generated-repeat" not in before[("train", "dginstyle")]
+    assert "--generated-repeat 3" in after[("train", "dginstyle")]
+    assert after[("train", "source_only")] == before[("train", "source_only")]

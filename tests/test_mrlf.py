@@ -158,6 +158,30 @@ def test_plain_mode_is_pass_one_and_seeded(components):
         mrlf.generate_image(components, _street(30, 32), "road", 0, FAST)
 
 
+@pytest.mark.parametrize("spacing, timesteps", [("leading", [751, 501, 251, 1]), ("trailing", [999, 749, 499, 249])])
+def test_timestep_spacing_walks_the_schedulers_timesteps(components, monkeypatch, spacing, timesteps):
+    """Each DDIM step goes from one timestep of the spacing to the next, the last to the final
+    alpha; "trailing" starts from pure noise (t = 999), "leading" (SD's, the default) at 751."""
+    steps = []
+    real_step = mrlf.ddim_step
+
+    def spy(x, eps, a_t, a_prev):
+        steps.append((round(float(a_t), 7), round(float(a_prev), 7)))
+        return real_step(x, eps, a_t, a_prev)
+
+    monkeypatch.setattr(mrlf, "ddim_step", spy)
+    image = mrlf.generate_image(components, _street(), "road", 3, replace(FAST, mode="plain", steps=4, timestep_spacing=spacing))
+    scheduler = components["scheduler"]
+    alphas = [round(float(mrlf.alpha_bar(scheduler, t)), 7) for t in timesteps + [-1]]
+    assert list(dict.fromkeys(steps)) == list(zip(alphas[:-1], alphas[1:]))
+    assert scheduler.config.timestep_spacing == "leading"  # the generator's own scheduler is left alone
+    if spacing == "trailing":  # another start, another image
+        leading = mrlf.generate_image(components, _street(), "road", 3, replace(FAST, mode="plain", steps=4))
+        assert not (image == leading).all()
+    with pytest.raises(ValueError, match="timestep_spacing"):
+        replace(FAST, timestep_spacing="linspace")
+
+
 # ----------------------------------------------------------------------------- generate_shard
 
 

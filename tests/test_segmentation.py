@@ -87,21 +87,26 @@ def test_daformer_head_shapes():
     assert sum(1 for m in model.decode_head.modules() if type(m).__name__ == "DepthwiseSeparableConvModule") == 3
 
 
-def test_generated_samples_reach_the_batches(world):
-    """Iterate one epoch of the training dataloader and count the batches' sample origins."""
+@pytest.mark.parametrize("repeat", [1, 3])
+def test_generated_samples_reach_the_batches(world, repeat):
+    """Iterate one epoch of the training dataloader and count the batches' sample origins:
+    8 source images and 4 generated pairs, the pairs listed `repeat` times (generated_repeat)."""
+    from mmengine.registry import init_default_scope
     from mmengine.runner import Runner
 
     from dginstyle.segmentation import register_modules
     from dginstyle.segmentation.configs import training_config
 
     register_modules()
+    init_default_scope("mmseg")  # the datasets live in mmseg's registry (the Runner sets this when it builds)
     root, source, _, shard = world
     cfg = training_config(
         source=source, generated=[shard], work_dir=root / "unused", model="daformer_tiny", iterations=1, batch_size=2,
         crop_size=CROP, learning_rate=1e-4, weight_decay=0.01, warmup_iterations=0, poly_power=1.0, seed=0,
+        generated_repeat=repeat,
     )  # fmt: skip
     loader = Runner.build_dataloader(cfg["train_dataloader"], seed=0)
-    assert len(loader.dataset) == 8 + 4
+    assert len(loader.dataset) == 8 + 4 * repeat
     shard_root = str(shard.resolve())
     seen = {"source": 0, "generated": 0}
     batches = iter(loader)
@@ -111,7 +116,16 @@ def test_generated_samples_reach_the_batches(world):
         for sample in batch["data_samples"]:
             seen["generated" if sample.img_path.startswith(shard_root) else "source"] += 1
             assert sample.gt_sem_seg.data.shape[1:] == CROP
-    assert seen == {"source": 8, "generated": 4}
+    assert seen == {"source": 8, "generated": 4 * repeat}
+
+
+def test_generated_repeat_below_one_is_refused(world):
+    from dginstyle.io import DataError
+    from dginstyle.segmentation.configs import mixed_dataset_config
+
+    _, source, _, shard = world
+    with pytest.raises(DataError, match="generated_repeat must be >= 1"):
+        mixed_dataset_config(source, [shard], generated_repeat=0)
 
 
 def test_training_outputs_and_init_model(trained):

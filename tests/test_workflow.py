@@ -209,6 +209,9 @@ def test_smoke_run_executes_every_stage(smoke_run):
         for row in rows:
             assert (folder / "images" / f"{row['id']}.png").is_file() and (folder / "labels" / f"{row['id']}.png").is_file()
         assert (folder / "contact_sheet.png").is_file() and (folder / "manifest.json").is_file()
+        settings = json.loads((folder / "manifest.json").read_text())["config"]["settings"]
+        assert settings["controlnet_scale"] == config["generation"]["controlnet_scale"]
+        assert settings["timestep_spacing"] == config["generation"]["timestep_spacing"]
     assert sorted(ids) == list(range(config["generation"]["num_pairs"]))
     figure = results / "figures" / "style_swap.png"
     from PIL import Image
@@ -218,6 +221,8 @@ def test_smoke_run_executes_every_stage(smoke_run):
     numbers = json.loads((results / "figures" / "style_swap.json").read_text())
     assert list(numbers["columns"]) == ["source images", "U^S (no swap)", "U^P (swap)"] + [f"U^P, {w}" for w in ("sunny", "foggy", "rainy", "snowy", "night")]
     assert all(0 <= c["saturation"] <= 1 and 0 <= c["brightness"] <= 1 for c in numbers["columns"].values())
+    # drawn as the shards are
+    assert (numbers["controlnet_scale"], numbers["timestep_spacing"]) == (config["generation"]["controlnet_scale"], config["generation"]["timestep_spacing"])
     assert numbers["device"] == "cpu" and numbers["dtype"] == "float32"  # no GPU here: float32 on the CPU
     transfer = numbers["control_transfer"]
     for key in ("loss_unswapped", "loss_swapped"):  # both losses measured, with the ControlNet off and on

@@ -116,6 +116,8 @@ def style_swap_figure(
     weathers: tuple[str, ...] = WEATHERS,
     steps: int = 20,
     guidance_scale: float = 7.5,
+    controlnet_scale: float = 1.0,
+    timestep_spacing: str = "leading",
     cell: int = 96,
     numbers: Path | None = None,
     transfer_crops: int = TRANSFER_CROPS,
@@ -135,7 +137,11 @@ def style_swap_figure(
     rows = read_plan(Path(plan))[:count]
     if not rows:
         raise DataError(f"{plan}: the plan is empty")
-    settings = MRLFSettings(mode="plain", steps=steps, guidance_scale=guidance_scale)
+    # The images are drawn as `generate` draws them (same steps, guidance and ControlNet scale);
+    # the control transfer below is measured at scale 1, what the ControlNet was trained at.
+    settings = MRLFSettings(
+        mode="plain", steps=steps, guidance_scale=guidance_scale, controlnet_scale=controlnet_scale, timestep_spacing=timestep_spacing
+    )
     dev = models.pick_device(device)
     dtype = models.pick_dtype(dev, precision)
     with_us = load_generator(unswapped, dev, dtype)
@@ -174,6 +180,8 @@ def style_swap_figure(
         layouts=[int(row["id"]) for row in rows],
         steps=steps,
         guidance_scale=guidance_scale,
+        controlnet_scale=controlnet_scale,
+        timestep_spacing=timestep_spacing,
         columns={"source images": look(source_images), **{h: look([cells[c] for cells in grid]) for c, h in enumerate(headers) if c > 0}},
         device=dev.type,
         dtype=str(dtype).replace("torch.", ""),
@@ -200,6 +208,8 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--count", type=int, default=4, help="number of layouts (rows)")
     p.add_argument("--steps", type=int, default=20, help="DDIM steps")
     p.add_argument("--guidance-scale", type=float, default=7.5)
+    p.add_argument("--controlnet-scale", type=float, default=1.0, help="ControlNet residual scale of the images (as generate's)")
+    p.add_argument("--timestep-spacing", choices=("leading", "trailing"), default="leading", help="DDIM timesteps (as generate's)")
     p.add_argument("--numbers", type=Path, default=None, help="JSON of the figure's numbers: each column's look, and the control transfer")
     p.add_argument("--transfer-crops", type=int, default=TRANSFER_CROPS, help="source crops the control transfer is measured on")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -215,6 +225,7 @@ def _run(args: argparse.Namespace) -> None:
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     style_swap_figure(
         args.swapped, args.unswapped, args.plan, args.source, args.out, count=args.count, steps=args.steps,
-        guidance_scale=args.guidance_scale, numbers=args.numbers, transfer_crops=args.transfer_crops,
+        guidance_scale=args.guidance_scale, controlnet_scale=args.controlnet_scale,
+        timestep_spacing=args.timestep_spacing, numbers=args.numbers, transfer_crops=args.transfer_crops,
         device=args.device, precision=args.precision,
     )  # fmt: skip

@@ -47,7 +47,7 @@ from dginstyle.data import contract
 from dginstyle.diffusion import models
 from dginstyle.diffusion.layouts import crop_of, read_plan
 from dginstyle.diffusion.style_swap import load_generator
-from dginstyle.diffusion.mrlf import FUSION_TIMESTEPS, MODES, MRLFSettings, generate_image, vae_downsample
+from dginstyle.diffusion.mrlf import FUSION_TIMESTEPS, MODES, TIMESTEP_SPACINGS, MRLFSettings, generate_image, vae_downsample
 from dginstyle.io import DataError, atomic_write_bytes, atomic_write_json, encode_label_png, encode_rgb_png, read_label_png, naming, replace_dir, sha256_file, write_bytes
 from dginstyle.labels import colorize
 
@@ -204,6 +204,7 @@ def generate_shard(
     stride: int = 8,
     area_threshold: int = 20000,
     fusion_timestep: str = "previous_tick",
+    timestep_spacing: str = "leading",
     max_batch: int = 8,
     device: str = "auto",
     precision: str = "fp16",
@@ -212,8 +213,9 @@ def generate_shard(
     generator, plan, source, out = Path(generator), Path(plan), Path(source), Path(out)
     settings = MRLFSettings(
         mode=mode, scale=scale, steps=steps, guidance_scale=guidance_scale, controlnet_scale=controlnet_scale,
-        window=window, stride=stride, area_threshold=area_threshold, fusion_timestep=fusion_timestep, max_batch=max_batch,
-    )
+        window=window, stride=stride, area_threshold=area_threshold, fusion_timestep=fusion_timestep,
+        timestep_spacing=timestep_spacing, max_batch=max_batch,
+    )  # fmt: skip
     dev = models.pick_device(device)
     dtype = models.pick_dtype(dev, precision)
     rows = shard_rows(read_plan(plan), shard, num_shards)
@@ -325,6 +327,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stride", type=int, default=8, help="view stride in latent pixels")
     p.add_argument("--area-threshold", type=int, default=20000, help="large-region area A in pixels at crop resolution")
     p.add_argument("--fusion-timestep", choices=FUSION_TIMESTEPS, default="previous_tick")
+    p.add_argument("--timestep-spacing", choices=TIMESTEP_SPACINGS, default="leading", help="DDIM timesteps: leading (SD 1.5, the paper) or trailing (from t = 999)")
     p.add_argument("--max-batch", type=int, default=8, help="views per batched ControlNet/UNet call")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--precision", choices=("fp16", "bf16", "no"), default="fp16", help="model precision on CUDA (CPU: float32)")
@@ -339,5 +342,5 @@ def _run(args: argparse.Namespace) -> None:
         generator=args.generator, plan=args.plan, source=args.source, shard=args.shard, num_shards=args.num_shards,
         out=args.out, mode=args.mode, scale=args.scale, steps=args.steps, guidance_scale=args.guidance_scale,
         controlnet_scale=args.controlnet_scale, window=args.window, stride=args.stride, area_threshold=args.area_threshold,
-        fusion_timestep=args.fusion_timestep, max_batch=args.max_batch, device=args.device, precision=args.precision,
+        fusion_timestep=args.fusion_timestep, timestep_spacing=args.timestep_spacing, max_batch=args.max_batch, device=args.device, precision=args.precision,
     )

@@ -52,6 +52,10 @@ from dginstyle.diffusion.models import NUM_CONDITION_CHANNELS
 
 FUSION_TIMESTEPS = ("previous_tick", "next_step")
 MODES = ("mrlf", "plain")
+# DDIM timestep spacing: "leading" (SD 1.5's scheduler, the paper's: t = 951..1 at 20 steps) or
+# "trailing" (t = 999 down; Lin et al., WACV 2024): with few steps "leading" starts far below
+# t = 999 (876 at 8 steps), treats pure noise as partly denoised and draws washed-out images.
+TIMESTEP_SPACINGS = ("leading", "trailing")
 VIEW_IMPLEMENTATIONS = ("batched", "loop")
 
 
@@ -68,6 +72,7 @@ class MRLFSettings:
     stride: int = 8  # view stride in latent pixels
     area_threshold: int = 20000  # A, in pixels at crop resolution
     fusion_timestep: str = "previous_tick"  # "previous_tick" (t - 1, released) | "next_step"
+    timestep_spacing: str = "leading"  # "leading" (SD 1.5, the paper) | "trailing" (see TIMESTEP_SPACINGS)
     max_batch: int = 8  # views per batched ControlNet/UNet call (x 2 for CFG)
     views: str = "batched"  # "batched" | "loop" (released-code-style reference)
     skip_masked_views: bool = True  # skip views wholly inside the fusion mask (exact)
@@ -77,6 +82,8 @@ class MRLFSettings:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.fusion_timestep not in FUSION_TIMESTEPS:
             raise ValueError(f"fusion_timestep must be one of {FUSION_TIMESTEPS}, got {self.fusion_timestep!r}")
+        if self.timestep_spacing not in TIMESTEP_SPACINGS:
+            raise ValueError(f"timestep_spacing must be one of {TIMESTEP_SPACINGS}, got {self.timestep_spacing!r}")
         if self.views not in VIEW_IMPLEMENTATIONS:
             raise ValueError(f"views must be one of {VIEW_IMPLEMENTATIONS}, got {self.views!r}")
         for name in ("scale", "steps", "window", "stride", "max_batch"):
@@ -181,7 +188,10 @@ class Sampler:
         self.vae = components["vae"]
         self.unet = components["unet"]
         self.controlnet = components["controlnet"]
-        self.scheduler = components["scheduler"]
+        scheduler = components["scheduler"]
+        if scheduler.config.get("timestep_spacing") != settings.timestep_spacing:
+            scheduler = type(scheduler).from_config(scheduler.config, timestep_spacing=settings.timestep_spacing)
+        self.scheduler = scheduler
         self.settings = settings
         self.stats = stats if stats is not None else SamplerStats()
         self.device = self.unet.device
@@ -270,7 +280,7 @@ class Sampler:
         """The DDIM loop. `fuse` = (z_init, m_bool at the latent grid) turns on the fusion."""
         s = self.settings
         self.scheduler.set_timesteps(s.steps)
-        stride_t = self.scheduler.config.num_train_timesteps // s.steps
+        timesteps = self.scheduler.timesteps.tolist()
         step = self.step_loop if s.views == "loop" else self.step_batched
         if fuse is not None and s.skip_masked_views:
             z_init, m = fuse
@@ -278,8 +288,10 @@ class Sampler:
         else:
             active = views
         self.stats.views_skipped += (len(views) - len(active)) * s.steps
-        for t in self.scheduler.timesteps.tolist():
-            t_prev = t - stride_t
+        for i, t in enumerate(timesteps):
+            # The next timestep of the schedule; past the last, -1: the scheduler's final alpha.
+            # ("leading" spaces them evenly, so this is t - 1000 // steps, as DDIM steps there.)
+            t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
             a_t, a_prev = alpha_bar(self.scheduler, t), alpha_bar(self.scheduler, t_prev)
             with torch.no_grad():
                 z = step(z, t, a_t.to(z.device), a_prev.to(z.device), condition, active)

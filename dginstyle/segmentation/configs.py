@@ -212,14 +212,21 @@ def mixed_dataset_config(
     crop_size: tuple[int, int] = (512, 512),
     source_resize: tuple[int, int] | None = None,
     generated_resize: tuple[int, int] | None = None,
+    generated_repeat: int = 1,
 ) -> dict:
     """Source + generated data concatenated (mmengine ConcatDataset): every sample of both
     appears once per epoch, so the mix follows their sizes (method.md section 3).
+    `generated_repeat` > 1 lists each generated pair that many times per epoch (RepeatDataset),
+    for a set too small to hold the paper's share of generated samples.
     Without generated shards, the source dataset alone."""
+    if generated_repeat < 1:
+        raise DataError(f"generated_repeat must be >= 1 (got {generated_repeat})")
     src = prepared_dataset_config(source, split, source_pipeline(crop_size, source_resize))
     if not generated_shards:
         return src
     gen = generated_dataset_config(list(generated_shards), generated_pipeline(crop_size, generated_resize))
+    if generated_repeat > 1:
+        gen = dict(type="RepeatDataset", dataset=gen, times=int(generated_repeat))
     return dict(type="ConcatDataset", datasets=[src, gen])
 
 
@@ -239,6 +246,7 @@ def training_config(
     seed: int,
     source_resize: tuple[int, int] | None = None,
     generated_resize: tuple[int, int] | None = None,
+    generated_repeat: int = 1,
     checkpoint_interval: int = 1000,
     log_interval: int = 50,
     num_workers: int = 0,
@@ -258,8 +266,9 @@ def training_config(
         persistent_workers=num_workers > 0,
         sampler=dict(type="InfiniteSampler", shuffle=True),
         dataset=mixed_dataset_config(
-            source, generated, crop_size=crop_size, source_resize=source_resize, generated_resize=generated_resize
-        ),
+            source, generated, crop_size=crop_size, source_resize=source_resize, generated_resize=generated_resize,
+            generated_repeat=generated_repeat,
+        ),  # fmt: skip
     )
     return dict(
         default_scope="mmseg",

@@ -188,6 +188,7 @@ def train_segmentation(
     pretrained: Path | None = None,
     source_resize: tuple[int, int] | None = None,
     generated_resize: tuple[int, int] | None = None,
+    generated_repeat: int = 1,
     checkpoint_interval: int = 1000,
     log_interval: int = 50,
     feature_distance: bool = False,
@@ -209,6 +210,7 @@ def train_segmentation(
     """Train; write `out` (see module docstring) and return its metadata.
 
     crop_size is (h, w) (an int for a square); source_resize / generated_resize are (w, h).
+    generated_repeat: each generated pair appears that many times per epoch (1: once, the paper's).
     feature_distance: DAFormer's ImageNet feature distance (lambda `fd_lambda` on the train IDs
     `fd_classes`, default the thing classes; needs `pretrained`). rare_class_sampling: RCS of
     the source images (temperature, min pixels: default the prepared dataset's threshold).
@@ -279,7 +281,8 @@ def train_segmentation(
         source=source, generated=generated, work_dir=work_dir, model=model, iterations=iterations,
         batch_size=batch_size, crop_size=crop, learning_rate=learning_rate, weight_decay=weight_decay,
         warmup_iterations=warmup_iterations, poly_power=poly_power, seed=seed, source_resize=source_resize,
-        generated_resize=generated_resize, checkpoint_interval=checkpoint_interval, log_interval=log_interval,
+        generated_resize=generated_resize, generated_repeat=generated_repeat, checkpoint_interval=checkpoint_interval,
+        log_interval=log_interval,
     )  # fmt: skip
     # SHADE collects its basis styles from the training data without rare class sampling (as the
     # release does): the plain dataset config, taken before RCS wraps it.
@@ -365,8 +368,12 @@ def train_segmentation(
         "generated": [str(g) for g in generated],
         "source_samples": n_source,
         "generated_samples": n_generated,
-        "mix": "ConcatDataset of source train + generated pairs (mix follows their sizes)"
-        + ("; source positions drawn by rare class sampling" if rcs_settings else ""),
+        "generated_repeat": generated_repeat,
+        # The share of an epoch's samples that are generated pairs (0 for source-only).
+        "generated_share": round(generated_repeat * n_generated / max(n_source + generated_repeat * n_generated, 1), 4),
+        "mix": "ConcatDataset of source train + generated pairs ("
+        + ("mix follows their sizes" if generated_repeat == 1 else f"each generated pair listed {generated_repeat} times")
+        + ")" + ("; source positions drawn by rare class sampling" if rcs_settings else ""),
         "feature_distance": None if fd is None else {**fd.describe(), "pretrained": str(pretrained), "extra_backbone_forwards": fd.extra_forwards},
         "rare_class_sampling": None if rcs_settings is None else {**rcs_settings, "class_probabilities": rcs_probabilities},
         "shade": None if sh is None else {
@@ -443,6 +450,10 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--source-resize", type=_size_wh, default=None, help="resize source images (keep ratio) to fit WIDTHxHEIGHT")
     p.add_argument("--generated-resize", type=_size_wh, default=None, help="resize generated images to WIDTHxHEIGHT")
+    p.add_argument(
+        "--generated-repeat", type=int, default=1,
+        help="list each generated pair this many times per epoch (1: once, the mix follows the sizes, as the paper)",
+    )  # fmt: skip
     p.add_argument("--checkpoint-interval", type=int, default=1000)
     p.add_argument("--log-interval", type=int, default=50)
     fd = p.add_argument_group("ImageNet feature distance (DAFormer; needs --pretrained)")
@@ -473,7 +484,7 @@ def _run(args: argparse.Namespace) -> None:
         batch_size=args.batch_size, crop_size=(h, w), learning_rate=args.learning_rate,
         weight_decay=args.weight_decay, warmup_iterations=args.warmup_iterations, poly_power=args.poly_power,
         seed=args.seed, threads=args.threads, pretrained=args.pretrained, source_resize=args.source_resize,
-        generated_resize=args.generated_resize, checkpoint_interval=args.checkpoint_interval,
+        generated_resize=args.generated_resize, generated_repeat=args.generated_repeat, checkpoint_interval=args.checkpoint_interval,
         log_interval=args.log_interval, feature_distance=args.feature_distance, fd_lambda=args.fd_lambda,
         fd_classes=args.fd_classes, fd_min_ratio=args.fd_min_ratio, rare_class_sampling=args.rare_class_sampling,
         rcs_temperature=args.rcs_temperature, rcs_min_pixels=args.rcs_min_pixels, rcs_min_crop_ratio=args.rcs_min_crop_ratio,

@@ -260,6 +260,7 @@ SEGMENTATION_OWN = (
     "crop_size",
     "source_resize",
     "generated_resize",
+    "generated_repeat",
     "feature_distance",
     "feature_distance_lambda",
     "feature_distance_classes",
@@ -306,6 +307,9 @@ def segmentation_options(wildcards):
         options.append(
             "--generated-resize {}x{}".format(*experiment["generated_resize"])
         )
+    # Only where there is generated data, so that changing it leaves source-only runs alone.
+    if experiment["data"] != "source" and hp["generated_repeat"] != 1:
+        options.append(f"--generated-repeat {hp['generated_repeat']}")
     pretrained = pretrained_weights(config, experiment_model(wildcards))
     if pretrained:
         options.append(f"--pretrained {shlex.quote(pretrained)}")

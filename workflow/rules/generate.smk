@@ -71,6 +71,7 @@ rule generate:
         " --guidance-scale {params.hp[guidance_scale]} --controlnet-scale {params.hp[controlnet_scale]}"
         " --window {params.hp[window]} --stride {params.hp[stride]}"
         " --area-threshold {params.hp[area_threshold]} --fusion-timestep {params.hp[fusion_timestep]}"
+        " --timestep-spacing {params.hp[timestep_spacing]}"
         " --max-batch {params.hp[max_batch]} > {log} 2>&1"
 
 
@@ -101,7 +102,11 @@ rule style_swap_figure:
     params:
         steps=config["generation"]["steps"],
         guidance=config["generation"]["guidance_scale"],
+        controlnet_scale=config["generation"]["controlnet_scale"],
+        spacing=config["generation"]["timestep_spacing"],
     shell:
         "python -m dginstyle style-swap-figure --swapped {input.swapped} --unswapped {input.unswapped}"
         " --plan {input.plan} --source {input.source} --out {output.figure} --count 4"
-        " --steps {params.steps} --guidance-scale {params.guidance} --numbers {output.numbers} > {log} 2>&1"
+        " --steps {params.steps} --guidance-scale {params.guidance} --controlnet-scale {params.controlnet_scale}"
+        " --timestep-spacing {params.spacing}"
+        " --numbers {output.numbers} > {log} 2>&1"
