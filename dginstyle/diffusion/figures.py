@@ -137,8 +137,8 @@ def style_swap_figure(
     rows = read_plan(Path(plan))[:count]
     if not rows:
         raise DataError(f"{plan}: the plan is empty")
-    # The images are drawn as `generate` draws them (same steps, guidance and ControlNet scale);
-    # the control transfer below is measured at scale 1, what the ControlNet was trained at.
+    # The images are drawn as `generate` draws them (same steps, guidance, ControlNet scale and
+    # timestep spacing); the control transfer below is measured at scale 1, as the ControlNet trained.
     settings = MRLFSettings(
         mode="plain", steps=steps, guidance_scale=guidance_scale, controlnet_scale=controlnet_scale, timestep_spacing=timestep_spacing
     )
@@ -209,6 +209,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=20, help="DDIM steps")
     p.add_argument("--guidance-scale", type=float, default=7.5)
     p.add_argument("--controlnet-scale", type=float, default=1.0, help="ControlNet residual scale of the images (as generate's)")
+    # mrlf.TIMESTEP_SPACINGS, spelt out: this module does not import torch until it runs.
     p.add_argument("--timestep-spacing", choices=("leading", "trailing"), default="leading", help="DDIM timesteps (as generate's)")
     p.add_argument("--numbers", type=Path, default=None, help="JSON of the figure's numbers: each column's look, and the control transfer")
     p.add_argument("--transfer-crops", type=int, default=TRANSFER_CROPS, help="source crops the control transfer is measured on")
