@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from dginstyle.data import contract
-from dginstyle.io import DataError, atomic_write_bytes, atomic_write_json, read_label_png
+from dginstyle.io import DataError, atomic_write_bytes, atomic_write_json, read_label_png, read_rgb
 from dginstyle.labels import colorize
 
 log = logging.getLogger(__name__)
@@ -38,12 +38,15 @@ log = logging.getLogger(__name__)
 WEATHERS = ("sunny", "foggy", "rainy", "snowy", "night")
 
 
-def plan_crop(source: Path, row: dict) -> np.ndarray:
-    """The train-ID crop a plan row names, read from the prepared source dataset."""
+def plan_crops(source: Path, row: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The train-ID crop a plan row names and the same crop of its RGB image, read from the
+    prepared source dataset."""
     from dginstyle.diffusion.layouts import crop_of
 
-    full = read_label_png(contract.label_path(source, row.get("split", "train"), row["stem"]))
-    return crop_of(full, row, source)
+    split = row.get("split", "train")
+    label = read_label_png(contract.label_path(source, split, row["stem"]))
+    image = np.asarray(read_rgb(contract.find_image(source, split, row["stem"])))
+    return crop_of(label, row, source), crop_of(image, row, source)
 
 
 #: Source crops the control transfer is measured on (one batch per timestep).
@@ -97,15 +100,6 @@ def control_transfer(
     )
 
 
-def plan_crop_image(source: Path, row: dict) -> np.ndarray:
-    """The RGB crop of the source image a plan row names."""
-    from dginstyle.diffusion.layouts import crop_of
-    from dginstyle.io import read_rgb
-
-    split = row.get("split", "train")
-    return crop_of(np.asarray(read_rgb(contract.find_image(source, split, row["stem"]))), row, source)
-
-
 def style_swap_figure(
     swapped: Path,
     unswapped: Path,
@@ -152,8 +146,8 @@ def style_swap_figure(
     grid: list[list[np.ndarray]] = []
     source_images = []
     for row in rows:
-        label = plan_crop(Path(source), row)
-        source_images.append(plan_crop_image(Path(source), row))
+        label, image = plan_crops(Path(source), row)
+        source_images.append(image)
         classes = make_prompt(row["class_ids"], None)
         seed = int(row["id"])
         cells = [colorize(label), generate_image(with_us, label, classes, seed, settings), generate_image(with_up, label, classes, seed, settings)]
