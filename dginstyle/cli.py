@@ -205,6 +205,7 @@ HEAVY_STAGES = {
     "style-swap": ("dginstyle.diffusion.style_swap", "assemble a generator: ControlNet + U^P (plain, rebase) or + U^S (no_swap)"),
     "select-layouts": ("dginstyle.diffusion.layouts", "the generation plan: RCS-chosen source crops and their prompts (JSONL)"),
     "generate": ("dginstyle.diffusion.generate", "one shard of generated pairs (MRLF or plain) from a layout plan"),
+    "render-oracle": ("dginstyle.diffusion.oracle", "an upper bound: perfect pairs for a layout plan (diagnostic)"),
     "style-swap-figure": ("dginstyle.diffusion.figures", "the same layouts generated with U^S and with U^P under weather prompts"),
     "train-segmentation": ("dginstyle.segmentation.train", "train a segmenter (DAFormer, DeepLabV2, SegFormer) on source + generated data"),
     "evaluate": ("dginstyle.segmentation.evaluate", "mIoU of a trained segmentation run on a prepared dataset split (sliding window)"),

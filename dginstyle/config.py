@@ -112,6 +112,9 @@ def _check_references(config: dict) -> None:
         raise ConfigError(f"config key 'source': dataset {config['source']!r} is the unlabelled prior corpus, not a labelled source")
     if corpus and not (datasets[corpus]["format"] == "minicity" and datasets[corpus]["domain"] == "prior"):
         raise ConfigError(f"config key 'prior.corpus': dataset {corpus!r} is not a minicity prior corpus (format minicity, domain prior)")
+    for name, generated in config.get("generated_sets", {}).items():
+        if generated["generator"] == "oracle" and source["format"] != "minicity":
+            raise ConfigError(f"config key 'generated_sets.{name}.generator': 'oracle' re-renders the source's scenes in the prior's styles, so it needs a miniature-world (minicity) source; {config['source']!r} is {source['format']!r}")
     for name, experiment in config.get("experiments", {}).items():
         data = experiment["data"]
         if data != "source" and data not in config.get("generated_sets", {}):

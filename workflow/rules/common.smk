@@ -106,7 +106,18 @@ def prepare_arguments(wildcards):
 PRIOR_TRAINED_HERE = config["prior"]["model"] is None
 PRIOR = "results/generator/prior" if PRIOR_TRAINED_HERE else config["prior"]["model"]
 GENERATED_SETS = list(config["generated_sets"])
-GENERATOR_VARIANTS = sorted({s["generator"] for s in config["generated_sets"].values()})
+# Oracle sets (an upper bound, dginstyle/diffusion/oracle.py) are rendered, not generated: no
+# generator is assembled for them and rule render_oracle, not generate, writes their shards.
+ORACLE_LOOKS = {"oracle": "prior", "oracle_no_swap": "source"}
+ORACLE_SETS = [
+    name
+    for name, s in config["generated_sets"].items()
+    if s["generator"] in ORACLE_LOOKS
+]
+DIFFUSION_SETS = [name for name in GENERATED_SETS if name not in ORACLE_SETS]
+GENERATOR_VARIANTS = sorted(
+    {config["generated_sets"][name]["generator"] for name in DIFFUSION_SETS}
+)
 SHARDS = list(range(config["generation"]["shards"]))
 
 
@@ -202,6 +213,10 @@ def generated_set_mode(wildcards):
 def generator_of(wildcards):
     variant = config["generated_sets"][wildcards.gen]["generator"]
     return f"results/generator/generators/{variant}"
+
+
+def oracle_look(wildcards):
+    return ORACLE_LOOKS[config["generated_sets"][wildcards.gen]["generator"]]
 
 
 def generated_shards():

@@ -50,6 +50,8 @@ rule generate:
         "results/logs/generate/{gen}/shard{shard}.log",
     benchmark:
         "results/benchmarks/rules/generate/{gen}/shard{shard}.tsv"
+    wildcard_constraints:
+        gen="|".join(DIFFUSION_SETS) or "(?!)",
     conda:
         "../../envs/generation.yaml"
     # One thread: on a GPU the network runs there (a cluster profile's set-threads gives the job
@@ -73,6 +75,43 @@ rule generate:
         " --area-threshold {params.hp[area_threshold]} --fusion-timestep {params.hp[fusion_timestep]}"
         " --timestep-spacing {params.hp[timestep_spacing]}"
         " --max-batch {params.hp[max_batch]} > {log} 2>&1"
+
+
+# An upper bound, not the method (dginstyle/diffusion/oracle.py): the plan's crops as a perfect
+# generator would return them, with the swap (the scenes re-rendered in the prior's styles by
+# the miniature world) or without it (the source crops themselves). Seconds per shard.
+rule render_oracle:
+    input:
+        plan="results/generated/{gen}/plan.jsonl",
+        source=f"results/datasets/{config['source']}",
+    output:
+        report(
+            directory("results/generated/{gen}/shard{shard}"),
+            patterns=["contact_sheet.png"],
+            caption="../report/generated_shard.rst",
+            category="Generated data",
+            subcategory="{gen}",
+            labels={"set": "{gen}", "shard": "{shard}"},
+        ),
+    log:
+        "results/logs/render_oracle/{gen}/shard{shard}.log",
+    benchmark:
+        "results/benchmarks/rules/render_oracle/{gen}/shard{shard}.tsv"
+    wildcard_constraints:
+        gen="|".join(ORACLE_SETS) or "(?!)",
+    conda:
+        "../../envs/generation.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    params:
+        shards=config["generation"]["shards"],
+        look=oracle_look,
+    shell:
+        "python -m dginstyle render-oracle --plan {input.plan} --source {input.source}"
+        " --shard {wildcards.shard} --num-shards {params.shards} --look {params.look}"
+        " --out {output} > {log} 2>&1"
 
 
 rule style_swap_figure:

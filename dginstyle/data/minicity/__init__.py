@@ -20,6 +20,7 @@ number of worker processes and their order never change a byte of output.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import re
@@ -36,7 +37,7 @@ from dginstyle.parallel import parallel_map
 from .post import finish
 from .raster import Canvas
 from .scene import draw_scene, sample_layout
-from .styles import DOMAIN_SPECS, caption, sample_domain_style, sample_prior_style, spec_for_manifest
+from .styles import DOMAIN_SPECS, PRIOR_WEATHER_P, caption, sample_domain_style, sample_prior_style, spec_for_manifest
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ SUPERSAMPLE = 2
 WORLD_VERSION = 1
 CHUNK = 48
 
-__all__ = ["DOMAINS", "LABELLED_DOMAINS", "image_rng", "render_sample", "prepare_minicity"]
+__all__ = ["DOMAINS", "LABELLED_DOMAINS", "image_rng", "render_sample", "render_in_prior_style", "prepare_minicity"]
 
 
 def _h64(text: str) -> int:
@@ -72,18 +73,48 @@ def render_sample(domain: str, seed: int, split: str, index: int, width: int = 1
     s_style, s_layout, s_render, s_caption = image_rng(seed, domain, split, index).spawn(4)
     rng_style = np.random.default_rng(s_style)
     st = sample_prior_style(rng_style) if domain == "prior" else sample_domain_style(domain, rng_style)
-    w2, h2 = width * SUPERSAMPLE, height * SUPERSAMPLE
-    sc = sample_layout(np.random.default_rng(s_layout), w2, h2, st.camera)
-    night = st.p["night"] > 0 or st.condition == "dusk"
-    cv = Canvas(h2, w2, emissive=night)
-    rng_render = np.random.default_rng(s_render)
-    lights = draw_scene(cv, sc, st, rng_render)
-    rgb, label = finish(cv, sc, st, lights, rng_render)
+    rgb, label = _draw(st, st.camera, s_layout, s_render, width, height)
     text = None
     if domain == "prior":
         counts = np.bincount(label.ravel(), minlength=256)[:NUM_CLASSES]
         text = caption(st, counts, np.random.default_rng(s_caption))
     return rgb, label, st, text
+
+
+def render_in_prior_style(domain: str, seed: int, split: str, index: int, width: int, height: int, style_seed: int, weather: str | None = None):
+    """The scene of image (domain, seed, split, index) drawn in a style of the prior corpus:
+    same street, camera and objects, a prior palette, light, weather and art style drawn from
+    `style_seed` (re-drawn until its weather is `weather`, when one is given). Returns (rgb,
+    label, style). The label is the re-rendered one (weather and light can move a few pixels,
+    e.g. snow on the kerb), so it matches the image exactly.
+    """
+    _check_domain(domain)
+    if domain == "prior":
+        raise DataError("minicity: the prior corpus is unlabelled; re-render a labelled domain")
+    s_style, s_layout, s_render, _ = image_rng(seed, domain, split, index).spawn(4)
+    camera = sample_domain_style(domain, np.random.default_rng(s_style)).camera
+    rng = np.random.default_rng([int(style_seed) & 0xFFFFFFFF, _h64("prior-style")])
+    for _ in range(1000):  # the rarest prior weather has probability 0.16
+        style = sample_prior_style(rng)
+        if weather is None or style.condition == weather:
+            break
+    else:
+        raise DataError(f"minicity: the prior has no weather {weather!r}; it has {', '.join(PRIOR_WEATHER_P)}")
+    rgb, label = _draw(style, camera, s_layout, s_render, width, height)
+    return rgb, label, style
+
+
+def _draw(st, camera: dict, s_layout, s_render, width: int, height: int):
+    """Lay out a street seen by `camera` (from seed s_layout) and draw it in style `st`."""
+    w2, h2 = width * SUPERSAMPLE, height * SUPERSAMPLE
+    sc = sample_layout(np.random.default_rng(s_layout), w2, h2, camera)
+    night = st.p["night"] > 0 or st.condition == "dusk"
+    cv = Canvas(h2, w2, emissive=night)
+    rng_render = np.random.default_rng(s_render)
+    if camera is not st.camera:
+        st = dataclasses.replace(st, camera=camera)
+    lights = draw_scene(cv, sc, st, rng_render)
+    return finish(cv, sc, st, lights, rng_render)
 
 
 def _stem(domain: str, split: str, index: int) -> str:

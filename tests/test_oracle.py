@@ -1,0 +1,134 @@
+"""The oracle generator (dginstyle/diffusion/oracle.py): an upper bound of the Style Swap that
+re-renders the plan's source scenes in the prior's styles, or returns the source crops; its
+config check, and the upper-bound overlay config's plan."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from dginstyle.config import ConfigError, validate_config
+from dginstyle.data.minicity import prepare_minicity, render_in_prior_style, render_sample
+from dginstyle.diffusion.layouts import select_layouts
+from dginstyle.diffusion.oracle import render_oracle_shard
+from dginstyle.io import DataError
+from dginstyle.segmentation.datasets import generated_samples
+from test_workflow import PAPER, REPO, planned_jobs, snakemake
+
+
+@pytest.fixture(scope="module")
+def source_and_plan(tmp_path_factory):
+    root = tmp_path_factory.mktemp("oracle")
+    source = root / "mini_gta5"
+    prepare_minicity(source, "game", {"train": 8}, 0, 64, 32, 1, "mini_gta5", 4)
+    plan = root / "plan.jsonl"
+    select_layouts(source, plan, num_pairs=12, crop_size=32, rcs_min_pixels=4, weather_schedule={"adverse": 3, "night": 1, "plain": 3})
+    return source, plan
+
+
+def crops(shard, source, plan):
+    rows = {json.loads(line)["id"]: json.loads(line) for line in (plan).read_text().splitlines()}
+    out = []
+    for pair_id, image, label in generated_samples(shard):
+        row = rows[int(pair_id)]
+        x0, y0, x1, y1 = row["crop"]
+        src_image = np.asarray(Image.open(source / "images" / "train" / f"{row['stem']}.png").convert("RGB"))[y0:y1, x0:x1]
+        src_label = np.asarray(Image.open(source / "labels" / "train" / f"{row['stem']}.png"))[y0:y1, x0:x1]
+        out.append((row, np.asarray(Image.open(image).convert("RGB")), np.asarray(Image.open(label)), src_image, src_label))
+    return out
+
+
+def test_prior_look_keeps_each_scene_and_draws_it_in_the_prompts_weather(source_and_plan, tmp_path):
+    source, plan = source_and_plan
+    manifests = [render_oracle_shard(plan, source, k, 2, tmp_path / f"shard{k}", look="prior") for k in range(2)]
+    assert sum(m["pairs"] for m in manifests) == 12
+    pairs = [p for k in range(2) for p in crops(tmp_path / f"shard{k}", source, plan)]
+    written = {json.loads(line)["id"]: json.loads(line) for k in range(2) for line in (tmp_path / f"shard{k}" / "pairs.jsonl").read_text().splitlines()}
+    for row, image, label, src_image, src_label in pairs:
+        assert image.shape == src_image.shape and label.shape == src_label.shape
+        agreement = (label == src_label).mean()
+        assert agreement > 0.85, (row["id"], agreement)  # the same street; weather moves a few pixels
+        assert written[row["id"]]["label_agreement"] == pytest.approx(agreement, abs=1e-4)
+        assert np.abs(image.astype(int) - src_image.astype(int)).mean() > 10  # not the game look
+        if row["weather"] is not None:
+            assert written[row["id"]]["condition"] == row["weather"]
+    assert len({written[i]["style"] for i in written}) > 1  # several of the prior's art styles
+    # the image is the re-rendered label's own: same scene, same seed -> same label as a direct render
+    first = pairs[0][0]
+    index = int(first["stem"].rsplit("_", 1)[1])
+    _, full_label, _ = render_in_prior_style("game", 0, "train", index, 64, 32, style_seed=first["id"], weather=first["weather"])
+    x0, y0, x1, y1 = first["crop"]
+    assert (full_label[y0:y1, x0:x1] == pairs[0][2]).all()
+    # deterministic: a second run writes the same bytes
+    again = render_oracle_shard(plan, source, 0, 2, tmp_path / "again", look="prior")
+    assert again["image_sha256"] == manifests[0]["image_sha256"] and again["label_sha256"] == manifests[0]["label_sha256"]
+
+
+def test_source_look_returns_the_source_crops(source_and_plan, tmp_path):
+    source, plan = source_and_plan
+    render_oracle_shard(plan, source, 0, 1, tmp_path / "shard0", look="source")
+    pairs = crops(tmp_path / "shard0", source, plan)
+    assert len(pairs) == 12
+    for row, image, label, src_image, src_label in pairs:
+        assert (image == src_image).all() and (label == src_label).all()
+
+
+def test_prior_look_needs_a_source_of_this_world(source_and_plan, tmp_path):
+    source, plan = source_and_plan
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("images", "labels", "class_stats"):
+        (other / name).symlink_to(source / name)
+    manifest = json.loads((source / "manifest.json").read_text())
+    (other / "manifest.json").write_text(json.dumps({**manifest, "format": "cityscapes"}))
+    with pytest.raises(DataError, match="minicity"):
+        render_oracle_shard(plan, other, 0, 1, tmp_path / "out", look="prior")
+    (other / "manifest.json").write_text(json.dumps({**manifest, "world_version": 0}))
+    with pytest.raises(DataError, match="world version"):
+        render_oracle_shard(plan, other, 0, 1, tmp_path / "out", look="prior")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(DataError, match="unlabelled"):
+        render_in_prior_style("prior", 0, "train", 0, 64, 32, style_seed=0)
+
+
+def test_rendering_is_unchanged_or_the_world_version_moves():
+    """The oracle re-renders prepared source scenes, and the shipped prior records the world
+    version of its corpus: a change to the renderer must bump WORLD_VERSION (and this hash)."""
+    digest = hashlib.sha256()
+    for domain, split in (("game", "train"), ("prior", "train"), ("darkzurich", "val")):
+        rgb, label, _, _ = render_sample(domain, 0, split, 3, 64, 32)
+        digest.update(rgb.tobytes() + label.tobytes())
+    assert digest.hexdigest() == RENDER_SHA256
+
+
+def test_oracle_needs_a_miniature_world_source():
+    config = yaml.safe_load(PAPER.read_text())
+    config["generated_sets"]["upper_bound"] = {"generator": "oracle"}
+    with pytest.raises(ConfigError, match="generated_sets.upper_bound.generator"):
+        validate_config(config, check_roots=False)
+    config["generated_sets"]["upper_bound"] = {"generator": "oracle_no_swap"}  # the source crops: any source
+    validate_config(config, check_roots=False)
+
+
+def test_upper_bound_table_plans_the_oracle_runs_and_no_diffusion_for_them(tmp_path):
+    overlay = REPO / "workflow" / "configs" / "upper_bound.yaml"
+    result = snakemake("-n", "-p", "--cores", "2", "--configfile", str(REPO / "config.yaml"), str(overlay), "--", "results/tables/upper_bound.md", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    jobs = planned_jobs(result)
+    rows = yaml.safe_load(overlay.read_text())["tables"]["upper_bound"]["rows"]
+    assert len(rows) == 5
+    assert jobs["render_oracle"] == 4  # two oracle sets, two shards each
+    assert jobs["generate"] == 4  # the table's two diffusion sets (dginstyle, no_swap), not plain_sampling
+    assert jobs["style_swap"] == 2 and jobs["select_layouts"] == 4
+    assert jobs["train_segmentation"] == 5 * 3 and jobs["evaluate"] == 5 * 3 * 5 and jobs["table"] == 1
+    assert "--look prior --out results/generated/oracle/shard0" in result.stdout
+    assert "--look source --out results/generated/oracle_no_swap/shard1" in result.stdout
+    assert "generators/oracle" not in result.stdout
+
+
+RENDER_SHA256 = "fe3d658c54e38ea7116273fa4bfae8467ec7c320ec499e02fe8528142078f699"
