@@ -115,9 +115,6 @@ ORACLE_SETS = [
     if s["generator"] in ORACLE_LOOKS
 ]
 DIFFUSION_SETS = [name for name in GENERATED_SETS if name not in ORACLE_SETS]
-GENERATOR_VARIANTS = sorted(
-    {config["generated_sets"][name]["generator"] for name in DIFFUSION_SETS}
-)
 SHARDS = list(range(config["generation"]["shards"]))
 
 
