@@ -36,6 +36,23 @@ def test_default_profile_has_nothing_gpu_or_deployment_specific():
     assert not {"executor", "software-deployment-method", "sdm", "use-conda"} & set(default)
 
 
+def test_default_profile_is_loaded_wherever_snakemake_runs(tmp_path):
+    """Snakemake looks for the default workflow profile in profiles/default beside the Snakefile
+    (or in the working directory), not under workflow/: the repository's profiles/default links
+    to workflow/profiles/default so that `rerun-incomplete` and the others apply to every run."""
+    link = REPO / "profiles" / "default"
+    assert link.is_symlink() and link.resolve() == (PROFILES / "default").resolve()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    for cwd in (REPO, tmp_path):
+        result = subprocess.run(
+            [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "-n", "--cores", "1",
+             "--configfile", str(REPO / "workflow" / "configs" / "smoke.yaml")],
+            cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "Using workflow specific profile" in result.stderr and "profiles/default" in result.stderr, result.stderr[:2000]
+
+
 def test_local_gpu_profile_caps_gpus_and_keeps_the_defaults():
     local_gpu = profile("local-gpu")
     assert local_gpu["resources"]["gpu"] >= 1

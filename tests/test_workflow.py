@@ -213,6 +213,16 @@ def test_smoke_run_executes_every_stage(smoke_run):
         assert settings["controlnet_scale"] == config["generation"]["controlnet_scale"]
         assert settings["timestep_spacing"] == config["generation"]["timestep_spacing"]
     assert sorted(ids) == list(range(config["generation"]["num_pairs"]))
+    # The oracle set (an upper bound): rendered by render_oracle from its own plan, no generator.
+    oracle_rows = []
+    for shard in range(config["generation"]["shards"]):
+        folder = results / "generated" / "oracle" / f"shard{shard}"
+        oracle_rows += [json.loads(line) for line in (folder / "pairs.jsonl").read_text().splitlines()]
+        assert json.loads((folder / "manifest.json").read_text())["generator_metadata"]["kind"] == "oracle"
+        assert (results / "logs" / "render_oracle" / "oracle" / f"shard{shard}.log").exists()
+    assert sorted(r["id"] for r in oracle_rows) == list(range(config["generation"]["num_pairs"]))
+    assert all(r["look"] == "prior" and r["mode"] == "oracle" and r["label_agreement"] > 0.8 for r in oracle_rows)
+    assert not (results / "generator" / "generators" / "oracle").exists() and not (results / "logs" / "generate" / "oracle").exists()
     figure = results / "figures" / "style_swap.png"
     from PIL import Image
 
