@@ -80,8 +80,8 @@ def render_oracle_shard(plan: Path, source: Path, shard: int, num_shards: int, o
     work = partial_dir(out)
     if work.exists():
         shutil.rmtree(work)
-    work.mkdir(parents=True)
-    recover(work)  # creates images/ and labels/
+    for folder in ("images", "labels"):
+        (work / folder).mkdir(parents=True)
     for row in rows:
         pair_id = int(row["id"])
         split = row.get("split", "train")
