@@ -188,6 +188,46 @@ def shard_rows(rows: list[dict], shard: int, num_shards: int) -> list[dict]:
     return sorted((r for r in rows if int(r["id"]) % num_shards == shard), key=lambda r: int(r["id"]))
 
 
+def shard_identity(plan: Path, source: Path, shard: int, num_shards: int) -> dict:
+    """What every shard's configuration holds about its plan, source and place in the plan."""
+    return {
+        "plan": str(plan.resolve()),
+        "plan_sha256": sha256_file(plan),
+        "source": str(source.resolve()),
+        "shard": shard,
+        "num_shards": num_shards,
+        "sharding": "id % num_shards == shard",
+    }
+
+
+def pair_row(row: dict, pair_id: int, split: str, mode: str) -> dict:
+    """A shard's pairs.jsonl row for plan row `row`: its prompt, source crop and rare class."""
+    return {
+        "id": pair_id, "seed": pair_id, "prompt": row["prompt"], "prompt_kind": row.get("prompt_kind"),
+        "weather": row.get("weather"), "split": split, "stem": row["stem"], "crop": row["crop"],
+        "rare_class": row.get("rare_class"), "classes": row.get("classes"), "mode": mode,
+    }  # fmt: skip
+
+
+def finish_shard(work: Path, out: Path, rows: list[dict], config: dict, metadata: dict) -> dict:
+    """Contact sheet and manifest (configuration, `metadata`, pair ids and file hashes) into the
+    complete partial folder `work`, then rename it to `out`; returns the manifest."""
+    contact_sheet(work, rows[:CONTACT_ROWS], work / CONTACT_SHEET)
+    manifest = {
+        "config": config,
+        **metadata,
+        "pairs": len(rows),
+        "ids": [r["id"] for r in rows],
+        "dginstyle_version": __version__,
+        "label_sha256": {str(r["id"]): sha256_file(work / "labels" / f"{r['id']}.png") for r in rows},
+        "image_sha256": {str(r["id"]): sha256_file(work / "images" / f"{r['id']}.png") for r in rows},
+    }
+    (work / RUN).unlink(missing_ok=True)
+    atomic_write_json(work / MANIFEST, manifest)
+    replace_dir(work, out)
+    return manifest
+
+
 def generate_shard(
     generator: Path,
     plan: Path,
@@ -223,12 +263,7 @@ def generate_shard(
     # What makes two runs' pairs interchangeable (max_batch does not change results beyond float noise).
     config = {
         "generator": str(generator.resolve()),
-        "plan": str(plan.resolve()),
-        "plan_sha256": sha256_file(plan),
-        "source": str(source.resolve()),
-        "shard": shard,
-        "num_shards": num_shards,
-        "sharding": "id % num_shards == shard",
+        **shard_identity(plan, source, shard, num_shards),
         "settings": {k: v for k, v in settings.as_dict().items() if k not in ("max_batch", "views", "skip_masked_views")},
         "device": dev.type,
         "dtype": str(dtype).replace("torch.", ""),
@@ -262,45 +297,14 @@ def generate_shard(
             labels_cache[key] = read_label_png(contract.label_path(source, *key))
         label = crop_of(labels_cache[key], row, plan)
         image = generate_image(components, label, row["prompt"], pair_id, settings)
-        commit_pair(
-            work,
-            pair_id,
-            image,
-            label,
-            {
-                "id": pair_id,
-                "seed": pair_id,
-                "prompt": row["prompt"],
-                "prompt_kind": row.get("prompt_kind"),
-                "weather": row.get("weather"),
-                "split": key[0],
-                "stem": row["stem"],
-                "crop": row["crop"],
-                "rare_class": row.get("rare_class"),
-                "classes": row.get("classes"),
-                "mode": mode,
-            },
-        )
+        commit_pair(work, pair_id, image, label, pair_row(row, pair_id, key[0], mode))
         if n % 10 == 0 or n == len(todo):
             log.info("shard %d: %d/%d pairs (%.2f s/pair)", shard, n, len(todo), (time.time() - started) / n)
 
     final_rows = list(recover(work).values())
     if sorted(r["id"] for r in final_rows) != [int(r["id"]) for r in rows]:
         raise DataError(f"{work}: the shard is incomplete after generation (a concurrent run?)")
-    contact_sheet(work, final_rows[:CONTACT_ROWS], work / CONTACT_SHEET)
-    manifest = {
-        "config": config,
-        "generator_metadata": models.read_metadata(generator),
-        "pairs": len(final_rows),
-        "ids": [r["id"] for r in final_rows],
-        "dginstyle_version": __version__,
-        "label_sha256": {str(r["id"]): sha256_file(work / "labels" / f"{r['id']}.png") for r in final_rows},
-        "image_sha256": {str(r["id"]): sha256_file(work / "images" / f"{r['id']}.png") for r in final_rows},
-    }
-    (work / RUN).unlink()
-    atomic_write_json(work / MANIFEST, manifest)
-    replace_dir(work, out)
-    return manifest
+    return finish_shard(work, out, final_rows, config, {"generator_metadata": models.read_metadata(generator)})
 
 
 # ----------------------------------------------------------------------------- CLI

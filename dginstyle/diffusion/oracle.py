@@ -30,11 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dginstyle import __version__
 from dginstyle.data import contract
-from dginstyle.diffusion.generate import CONTACT_ROWS, CONTACT_SHEET, MANIFEST, commit_pair, contact_sheet, partial_dir, recover, shard_rows
+from dginstyle.diffusion.generate import commit_pair, finish_shard, pair_row, partial_dir, recover, shard_identity, shard_rows
 from dginstyle.diffusion.layouts import crop_of, read_plan
-from dginstyle.io import DataError, atomic_write_json, read_label_png, read_rgb, replace_dir, sha256_file
+from dginstyle.io import DataError, read_label_png, read_rgb
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +65,7 @@ def render_oracle_shard(plan: Path, source: Path, shard: int, num_shards: int, o
     manifest = contract.read_manifest(source)
     world = _world_of(source, manifest) if look == "prior" else None
     rows = shard_rows(read_plan(plan), shard, num_shards)
-    config = {
-        "oracle": look,
-        "plan": str(plan.resolve()),
-        "plan_sha256": sha256_file(plan),
-        "source": str(source.resolve()),
-        "shard": shard,
-        "num_shards": num_shards,
-        "sharding": "id % num_shards == shard",
-        "world": world,
-    }
+    config = {"oracle": look, **shard_identity(plan, source, shard, num_shards), "world": world}
     # Seconds of work, so no resume: a leftover partial folder is started afresh.
     work = partial_dir(out)
     if work.exists():
@@ -101,26 +91,13 @@ def render_oracle_shard(plan: Path, source: Path, shard: int, num_shards: int, o
             )  # fmt: skip
             image, label = crop_of(rgb, row, plan), crop_of(full_label, row, plan)
             extra.update(style=style.extra["style"], condition=style.condition, label_agreement=round(float((label == source_label).mean()), 4))
-        commit_pair(work, pair_id, image, label, {
-            "id": pair_id, "seed": pair_id, "prompt": row["prompt"], "prompt_kind": row.get("prompt_kind"),
-            "weather": row.get("weather"), "split": split, "stem": row["stem"], "crop": row["crop"],
-            "rare_class": row.get("rare_class"), "classes": row.get("classes"), "mode": "oracle", **extra,
-        })  # fmt: skip
+        commit_pair(work, pair_id, image, label, {**pair_row(row, pair_id, split, "oracle"), **extra})
     final_rows = list(recover(work).values())
-    contact_sheet(work, final_rows[:CONTACT_ROWS], work / CONTACT_SHEET)
     agreement = [r["label_agreement"] for r in final_rows]
-    result = {
-        "config": config,
+    result = finish_shard(work, out, final_rows, config, {
         "generator_metadata": {"kind": "oracle", "look": look, "description": __doc__.split("\n\n")[0]},
-        "pairs": len(final_rows),
-        "ids": [r["id"] for r in final_rows],
         "label_agreement_with_source": {"mean": round(float(np.mean(agreement)), 4), "min": round(float(np.min(agreement)), 4)} if agreement else None,
-        "dginstyle_version": __version__,
-        "label_sha256": {str(r["id"]): sha256_file(work / "labels" / f"{r['id']}.png") for r in final_rows},
-        "image_sha256": {str(r["id"]): sha256_file(work / "images" / f"{r['id']}.png") for r in final_rows},
-    }
-    atomic_write_json(work / MANIFEST, result)
-    replace_dir(work, out)
+    })  # fmt: skip
     log.info("%s: %d oracle pairs (%s look)", out, len(final_rows), look)
     return result
 
