@@ -219,7 +219,7 @@ def test_sync_shipped_prior_installs_only_on_an_exact_match(tiny_run, tmp_path, 
     monkeypatch.setattr(prior, "shipped_prior_path", lambda: shipped)
     corpus = {"domain": "prior", "splits": {"train": 16}, "seed": 0, "size": [32, 32], "world_version": minicity.WORLD_VERSION}
     training = {"vae_steps": 3, "unet_steps": 4, "batch_size": 4, "vae_batch_size": 4, "vae_crop": 32, "vae_learning_rate": 2e-3,
-                "learning_rate": 1e-3, "seed": 3, "checkpoint_every": 99}
+                "learning_rate": 1e-3, "seed": 3, "prediction_type": "epsilon", "checkpoint_every": 99}
     request = prior.training_request(corpus, 32, training)
 
     other = prior.training_request(corpus, 32, {**training, "unet_steps": 5})
@@ -333,3 +333,69 @@ def test_shipped_vae_reconstructs_the_source_look(tmp_path):
     l1 = float((y - x).abs().mean() / 2)  # in [0, 1] units
     assert l1 < 0.08, l1
     assert saturation(y) > 0.9 * saturation(x), (saturation(y), saturation(x))
+
+
+def test_velocity_target_and_its_noise_estimate_round_trip():
+    """A v-prediction UNet is trained on v = sqrt(a) eps - sqrt(1 - a) x0 (diffusers'
+    get_velocity) and the sampler turns its output back into the noise estimate: exact for
+    the true v at every timestep; an epsilon scheduler's target is the noise itself."""
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(5, 4, 8, 8, generator=g), torch.randn(5, 4, 8, 8, generator=g)
+    t = torch.tensor([0, 100, 500, 900, 999])
+    v_sched = models.noise_scheduler("ddpm", {**models.SD_SCHEDULER, "prediction_type": "v_prediction"})
+    eps_sched = models.noise_scheduler("ddpm")
+    a = v_sched.alphas_cumprod[t].view(-1, 1, 1, 1)
+    x_t = v_sched.add_noise(x0, eps, t)
+    v = models.prediction_target(v_sched, x0, eps, t)
+    torch.testing.assert_close(v, a.sqrt() * eps - (1 - a).sqrt() * x0)
+    torch.testing.assert_close(models.epsilon_from_prediction(v, x_t, a, "v_prediction"), eps, rtol=1e-4, atol=1e-4)
+    assert models.prediction_target(eps_sched, x0, eps, t) is eps
+    assert models.epsilon_from_prediction(eps, x_t, a, "epsilon") is eps
+    with pytest.raises(DataError, match="sample"):
+        models.check_prediction_type(models.noise_scheduler("ddim", {**models.SD_SCHEDULER, "prediction_type": "sample"}), "here")
+
+
+def test_a_velocity_prior_records_it_in_its_scheduler(corpus, tmp_path):
+    meta = prior.pretrain_prior(corpus, tmp_path / "out", tmp_path / "ck", vae_steps=2, unet_steps=2, prediction_type="v_prediction", **TINY_ARGS)
+    assert meta["hyperparameters"]["prediction_type"] == "v_prediction"
+    assert models.load_components(tmp_path / "out")["scheduler"].config.prediction_type == "v_prediction"
+    with pytest.raises(DataError, match="prediction_type"):
+        prior.pretrain_prior(corpus, tmp_path / "o3", tmp_path / "ck3", vae_steps=3, unet_steps=1, prediction_type="sample", **TINY_ARGS)
+
+
+def test_vae_from_takes_a_trained_vae_and_its_record(tiny_run, corpus, tmp_path):
+    """`vae_from`: the UNet stage trains over another prior's VAE, unchanged, and the record
+    carries that VAE's settings, losses and hash; a VAE of other widths is refused."""
+    root, meta = tiny_run
+    out = tmp_path / "out"
+    new = prior.pretrain_prior(corpus, out, tmp_path / "ck", vae_steps=99, unet_steps=3, prediction_type="v_prediction", vae_from=root / "out", **TINY_ARGS)
+    vae = "vae/diffusion_pytorch_model.safetensors"
+    from safetensors.torch import load_file
+
+    old, taken = load_file(root / "out" / vae), load_file(out / vae)
+    assert old.keys() == taken.keys() and all(torch.equal(old[k], taken[k]) for k in old)
+    assert new["hyperparameters"]["vae_steps"] == 3 and new["steps"]["vae"] == 3  # the source's, not the 99 asked for
+    assert new["final_losses"]["vae_l1"] == meta["final_losses"]["vae_l1"]
+    assert new["vae_from"]["sha256"] == hashlib.sha256((root / "out" / vae).read_bytes()).hexdigest()
+    assert new["hyperparameters"]["prediction_type"] == "v_prediction" and prior.recorded_request(new)["training"]["prediction_type"] == "v_prediction"
+    assert new["scaling_factor"] == pytest.approx(meta["scaling_factor"])
+    wider = models.TinySpec(**{**TINY.__dict__, "vae_channels": (16, 16, 32)})
+    with pytest.raises(DataError, match="does not fit"):
+        prior.pretrain_prior(corpus, tmp_path / "o2", tmp_path / "ck2", vae_steps=3, unet_steps=1, vae_from=root / "out", **{**TINY_ARGS, "spec": wider})
+
+
+def test_ship_prior_records_every_command_and_the_taken_vae(tiny_run, corpus, tmp_path):
+    """ship-prior: fp16 weights whose hashes verify, and a README that gives each training
+    command in order and names the VAE a `vae_from` prior was trained over."""
+    root, _ = tiny_run
+    prior.pretrain_prior(corpus, tmp_path / "out", tmp_path / "ck", vae_steps=3, unet_steps=2, prediction_type="v_prediction", vae_from=root / "out", **TINY_ARGS)
+    dest = prior.ship_prior(tmp_path / "out", ["train the first prior", "train the second over its VAE"], dest=tmp_path / "shipped")
+    prior.verify_shipped_prior(dest)
+    from safetensors.torch import load_file
+
+    assert all(v.dtype == torch.float16 for v in load_file(dest / "unet" / "diffusion_pytorch_model.safetensors").values())
+    readme = (dest / "README.md").read_text()
+    assert readme.index("train the first prior") < readme.index("train the second over its VAE")
+    vae_hash = hashlib.sha256((root / "out" / "vae" / "diffusion_pytorch_model.safetensors").read_bytes()).hexdigest()
+    assert f"taken unchanged (`--vae-from`) from the prior whose VAE weights have sha256 `{vae_hash}`" in readme
+    assert "predicting v_prediction" in readme

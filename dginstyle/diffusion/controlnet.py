@@ -168,7 +168,8 @@ def train_controlnet(
     torch.manual_seed(seed)  # the conditioning embedding's random init
     controlnet = models.controlnet_from_unet(unet_s, vae)
     models.check_controlnet(controlnet, out, vae)
-    scheduler = models.noise_scheduler("ddpm", components["scheduler"].config)
+    scheduler = models.noise_scheduler("ddpm", components["scheduler"].config)  # the prior's schedule and prediction type
+    models.check_prediction_type(scheduler, f"{prior}/scheduler")
     for module in (vae, text_encoder, unet_s, unet_p):
         freeze(module, rt)
     controlnet.to(rt.device).train()
@@ -216,7 +217,7 @@ def train_controlnet(
                 down_block_additional_residuals=down,
                 mid_block_additional_residual=mid,
             ).sample
-        return F.mse_loss(pred.float(), noise, reduction="mean")
+        return F.mse_loss(pred.float(), models.prediction_target(scheduler, latents, noise, timesteps), reduction="mean")
 
     layouts = validation_layouts(source, split, sampler, crop_size, validation_count, validation_prompts, seed) if validation_every > 0 else []
     validation_dir = checkpoints / VALIDATION_DIR
@@ -413,7 +414,8 @@ def control_gain(components: dict, layouts: list[dict], rt, seed: int) -> dict:
             for key, scale in (("without_control", 0.0), ("with_control", 1.0)):
                 down, mid = controlnet(noisy, timesteps, encoder_hidden_states=text, controlnet_cond=cond, conditioning_scale=scale, return_dict=False)
                 pred = unet(noisy, timesteps, encoder_hidden_states=text, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
-                losses[key] += float(F.mse_loss(pred.float(), noise)) / len(CONTROL_GAIN_TIMESTEPS)
+                target = models.prediction_target(scheduler, latents, noise, timesteps)
+                losses[key] += float(F.mse_loss(pred.float(), target)) / len(CONTROL_GAIN_TIMESTEPS)
     return {k: round(v, 5) for k, v in losses.items()}
 
 

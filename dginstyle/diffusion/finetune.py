@@ -105,7 +105,8 @@ def finetune_unet(
     vae, text_encoder, tokenizer = components["vae"], components["text_encoder"], components["tokenizer"]
     unet = components["unet"]
     check_crop_size(crop_size, vae, unet, "--crop-size")
-    scheduler = models.noise_scheduler("ddpm", components["scheduler"].config)
+    scheduler = models.noise_scheduler("ddpm", components["scheduler"].config)  # the prior's schedule and prediction type
+    models.check_prediction_type(scheduler, f"{prior}/scheduler")
     freeze(vae, rt)
     freeze(text_encoder, rt)
     unet.to(rt.device).train()
@@ -147,7 +148,7 @@ def finetune_unet(
         noisy = scheduler.add_noise(latents, noise, timesteps)
         with rt.autocast():
             pred = unet(noisy, timesteps, encoder_hidden_states=empty.expand(batch_size, -1, -1)).sample
-        return F.mse_loss(pred.float(), noise, reduction="mean")
+        return F.mse_loss(pred.float(), models.prediction_target(scheduler, latents, noise, timesteps), reduction="mean")
 
     def save(step: int) -> None:
         store.save(step, unet, optimizer, rt, config, state)

@@ -209,8 +209,37 @@ def noise_scheduler(kind: str = "ddpm", config: dict | None = None):
     return cls.from_config(config if config is not None else SD_SCHEDULER)
 
 
-def tiny_components(spec: TinySpec, captions: list[str], resolution: int, tokenizer_dir: Path, seed: int = 0) -> dict:
-    """Freshly initialised tiny VAE, tokenizer, text encoder, UNet and scheduler."""
+#: What a UNet predicts, in diffusers' names (the scheduler config's `prediction_type`): SD 1.5
+#: predicts the noise (epsilon), SD 2.x the velocity v = sqrt(a) eps - sqrt(1 - a) x0.
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+def check_prediction_type(scheduler, where: str) -> str:
+    kind = scheduler.config.get("prediction_type", "epsilon")
+    if kind not in PREDICTION_TYPES:
+        raise DataError(f"{where}: prediction_type {kind!r} is not supported (use one of {list(PREDICTION_TYPES)})")
+    return kind
+
+
+def prediction_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """What the UNet is trained to predict for `latents` noised with `noise` at `timesteps`:
+    the noise, or the velocity, as the scheduler's `prediction_type` says."""
+    if scheduler.config.prediction_type == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    return noise
+
+
+def epsilon_from_prediction(output: torch.Tensor, x_t: torch.Tensor, a_t: torch.Tensor, prediction_type: str) -> torch.Tensor:
+    """The noise estimate behind a UNet output at x_t (alpha_bar a_t): eps = sqrt(a) v + sqrt(1 - a) x_t
+    for a velocity. Affine in the output, so guidance and view averaging commute with it."""
+    if prediction_type == "v_prediction":
+        return a_t.sqrt() * output + (1 - a_t).sqrt() * x_t
+    return output
+
+
+def tiny_components(spec: TinySpec, captions: list[str], resolution: int, tokenizer_dir: Path, seed: int = 0, prediction_type: str = "epsilon") -> dict:
+    """Freshly initialised tiny VAE, tokenizer, text encoder, UNet and scheduler (SD's schedule,
+    the UNet predicting `prediction_type`)."""
     torch.manual_seed(seed)
     tokenizer = build_tokenizer(caption_words(captions), tokenizer_dir, spec.max_tokens)
     return {
@@ -218,7 +247,7 @@ def tiny_components(spec: TinySpec, captions: list[str], resolution: int, tokeni
         "tokenizer": tokenizer,
         "text_encoder": tiny_text_encoder(spec, tokenizer),
         "unet": tiny_unet(spec, resolution // spec.downsample),
-        "scheduler": noise_scheduler("ddim"),
+        "scheduler": noise_scheduler("ddim", {**SD_SCHEDULER, "prediction_type": prediction_type}),
     }
 
 

@@ -48,7 +48,7 @@ from PIL import Image
 from scipy import ndimage
 
 from dginstyle.labels import IGNORE, NUM_CLASSES
-from dginstyle.diffusion.models import NUM_CONDITION_CHANNELS
+from dginstyle.diffusion.models import NUM_CONDITION_CHANNELS, check_prediction_type, epsilon_from_prediction
 
 FUSION_TIMESTEPS = ("previous_tick", "next_step")
 MODES = ("mrlf", "plain")
@@ -192,6 +192,9 @@ class Sampler:
         if scheduler.config.get("timestep_spacing") != settings.timestep_spacing:
             scheduler = type(scheduler).from_config(scheduler.config, timestep_spacing=settings.timestep_spacing)
         self.scheduler = scheduler
+        # The sampler works in noise estimates (DDIM, view averaging, guidance); a velocity UNet's
+        # outputs are converted on the way out of the model (`models.epsilon_from_prediction`).
+        self.prediction_type = check_prediction_type(scheduler, "the generator's scheduler")
         self.settings = settings
         self.stats = stats if stats is not None else SamplerStats()
         self.device = self.unet.device
@@ -208,7 +211,7 @@ class Sampler:
     # --- model calls ---------------------------------------------------------------------------
 
     def _model(self, latents: torch.Tensor, t: int, text: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        """One ControlNet + UNet forward on a batch; returns the noise prediction (float32)."""
+        """One ControlNet + UNet forward on a batch; returns the noise estimate (float32)."""
         latents = latents.to(self.dtype)
         down, mid = self.controlnet(
             latents,
@@ -218,10 +221,10 @@ class Sampler:
             conditioning_scale=self.settings.controlnet_scale,
             return_dict=False,
         )
-        eps = self.unet(latents, t, encoder_hidden_states=text, down_block_additional_residuals=down, mid_block_additional_residual=mid, return_dict=False)[0]
+        out = self.unet(latents, t, encoder_hidden_states=text, down_block_additional_residuals=down, mid_block_additional_residual=mid, return_dict=False)[0]
         self.stats.unet_calls += 1
         self.stats.unet_samples += latents.shape[0]
-        return eps.float()
+        return epsilon_from_prediction(out.float(), latents.float(), alpha_bar(self.scheduler, t).to(out.device), self.prediction_type)
 
     def _guided(self, eps: torch.Tensor) -> torch.Tensor:
         """Rows [uncond..., cond...] -> guided predictions."""

@@ -66,6 +66,7 @@ DEFAULTS = dict(
     learning_rate=5e-4,
     seed=0,
     checkpoint_every=100,
+    prediction_type="epsilon",
 )
 KL_WEIGHT = 1e-6  # on the per-sample summed KL, against the per-pixel mean reconstruction loss
 # Colour (each pixel's deviation from its grey value) is a small part of the corpus' signal: with
@@ -386,11 +387,11 @@ def _train_unet(components, latents, token_ids, empty_ids, *, scale, steps, batc
     import torch
     import torch.nn.functional as F
 
-    from dginstyle.diffusion.models import noise_scheduler
+    from dginstyle.diffusion.models import noise_scheduler, prediction_target
     from dginstyle.diffusion.training import EMA, capture_rng_state, restore_rng_state, save_checkpoint, set_lr, warmup_cosine
 
     unet, text_encoder = components["unet"], components["text_encoder"]
-    ddpm = noise_scheduler("ddpm")
+    ddpm = noise_scheduler("ddpm", components["scheduler"].config)  # the schedule and prediction type the pipeline saves
     generator = torch.Generator().manual_seed(seed + 2)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
@@ -429,7 +430,7 @@ def _train_unet(components, latents, token_ids, empty_ids, *, scale, steps, batc
         noisy = ddpm.add_noise(clean, noise, timesteps)
         context = text_encoder(ids.to(device))[0]
         pred = unet(noisy, timesteps, encoder_hidden_states=context).sample
-        loss = F.mse_loss(pred.float(), noise.float())
+        loss = F.mse_loss(pred.float(), prediction_target(ddpm, clean, noise, timesteps).float())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -460,6 +461,40 @@ def _train_unet(components, latents, token_ids, empty_ids, *, scale, steps, batc
     return {"steps": step, "history": history, "final_loss": sum(tail) / len(tail) if tail else None, "wall_s": round(wall_total, 1), "resumed_from": resumed_from}
 
 
+def _take_vae(components: dict, source: Path, spec, hyper: dict, device):
+    """Put the VAE of the prior pipeline folder `source` into `components` (see `vae_from`).
+
+    Updates `hyper` with the source's VAE settings; returns (the VAE's training record as
+    `_train_vae` gives it, the VAE's fingerprint for the UNet stage, its extra corpus identity).
+    """
+    from diffusers import AutoencoderKL
+
+    from dginstyle.diffusion import models
+
+    meta = models.read_metadata(source)
+    if meta.get("kind") != "prior":
+        raise DataError(f"{source}: --vae-from needs a prior pipeline folder (dginstyle.json kind={meta.get('kind')!r})")
+    weights = source / "vae" / "diffusion_pytorch_model.safetensors"
+    if not weights.is_file():
+        raise DataError(f"{weights}: missing (--vae-from takes the VAE's safetensors weights)")
+    vae = AutoencoderKL.from_pretrained(source / "vae", torch_dtype=components["vae"].dtype)
+    wanted = {"block_out_channels": list(spec.vae_channels), "latent_channels": spec.latent_channels}
+    found = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in ((k, vae.config[k]) for k in wanted)}
+    if found != wanted:
+        raise DataError(f"{source / 'vae'}: VAE {found} does not fit the prior's spec {wanted}")
+    components["vae"] = vae.to(device).eval()
+    source_hyper, steps = meta.get("hyperparameters", {}), meta.get("steps", {})
+    for key in ("vae_steps", "vae_batch_size", "vae_crop", "vae_learning_rate", "vae_loss"):
+        hyper[key] = source_hyper.get(key)
+    digest = sha256_file(weights)
+    info = {"steps": steps.get("vae"), "history": meta.get("loss_curves", {}).get("vae_l1", []),
+            "final_l1": meta.get("final_losses", {}).get("vae_l1"), "wall_s": meta.get("wall_time_s", {}).get("vae"),
+            "resumed_from": (meta.get("resumed_from") or {}).get("vae"),
+            "vae_from": {"path": str(source.resolve()), "sha256": digest}}
+    log.info("VAE taken from %s (sha256 %s, trained %s steps)", source, digest[:12], info["steps"])
+    return info, _fingerprint({"vae_from": digest}), meta.get("vae_extra_corpus")
+
+
 def pretrain_prior(
     corpus: Path,
     out: Path,
@@ -479,6 +514,8 @@ def pretrain_prior(
     checkpoint_every: int = DEFAULTS["checkpoint_every"],
     device: str = "auto",
     vae_extra_corpus: Path | None = None,
+    prediction_type: str = DEFAULTS["prediction_type"],
+    vae_from: Path | None = None,
 ) -> dict:
     """Train the tiny prior on `corpus` and write a diffusers pipeline folder to `out`.
 
@@ -488,6 +525,16 @@ def pretrain_prior(
     losslessly, and U^S can only take on the source look if the VAE can represent it. Trained
     on the prior corpus alone, the tiny VAE reconstructed the saturated game look with L1 0.13
     (targets 0.02-0.03): every source image came back grey and blurred.
+
+    `prediction_type`: what the UNet learns to predict, `epsilon` (SD 1.5's) or `v_prediction`
+    (SD 2.x's velocity; recorded in the saved scheduler, which every later stage follows). Why v
+    for the tiny prior: with epsilon, a nearly pure-noise step is almost solved by copying the
+    input, so its loss is tiny and the steps that decide a scene's layout get no gradient; their
+    x0 estimates (the noise error amplified 11x at t = 950) came out worse than predicting the
+    mean, as colour blotches. The velocity target is about x0 at high noise.
+    `vae_from`: a prior pipeline folder whose trained VAE is taken as it is (its training record
+    with it) instead of training one; the `vae_*` settings and `vae_extra_corpus` are then the
+    source's. For retraining the UNet prior over a codec that is already good.
 
     Returns the metadata written to `out/dginstyle.json`. Resumes from `checkpoints` (both
     stages); `out` appears only when complete. `samples`: optional PNG grid (weather x style
@@ -503,6 +550,8 @@ def pretrain_prior(
     for name, value in (("vae_steps", vae_steps), ("unet_steps", unet_steps), ("batch_size", batch_size), ("resolution", resolution), ("vae_crop", vae_crop), ("checkpoint_every", checkpoint_every)):
         if value < 1:
             raise DataError(f"pretrain-prior: {name} must be >= 1 (got {value})")
+    if prediction_type not in models.PREDICTION_TYPES:
+        raise DataError(f"pretrain-prior: prediction_type must be one of {list(models.PREDICTION_TYPES)} (got {prediction_type!r})")
     spec = spec or models.TinySpec(**PRIOR_SPEC)
     if resolution % spec.downsample:
         raise DataError(f"pretrain-prior: resolution {resolution} is not a multiple of the VAE downsampling {spec.downsample}")
@@ -515,7 +564,7 @@ def pretrain_prior(
     images = _fit_images(images, resolution, spec.downsample)
     log.info("corpus %s: %d images %dx%d; device %s, %d threads", corpus, len(images), images.shape[3], images.shape[2], dev, threads)
     vae_sets, extra_id = [images], None
-    if vae_extra_corpus is not None:
+    if vae_extra_corpus is not None and vae_from is None:
         extra = _fit_images(load_extra_images(vae_extra_corpus), vae_crop, spec.downsample)
         vae_sets.append(extra)
         extra_manifest_file = Path(vae_extra_corpus) / "manifest.json"
@@ -528,7 +577,7 @@ def pretrain_prior(
     seed_everything(seed)
     tokenizer_dir = checkpoints / "tokenizer"
     # The vocabulary covers the corpus captions and every word of the generation prompts.
-    components = models.tiny_components(spec, captions + prompt_vocabulary(), resolution, tokenizer_dir, seed=seed)
+    components = models.tiny_components(spec, captions + prompt_vocabulary(), resolution, tokenizer_dir, seed=seed, prediction_type=prediction_type)
     for name in ("vae", "text_encoder", "unet"):
         components[name].to(dev)
 
@@ -536,13 +585,16 @@ def pretrain_prior(
                  vae_crop=vae_crop, vae_learning_rate=vae_learning_rate, vae_loss=f"MSE + {CHROMA_WEIGHT} x colour MSE, point-mass posterior",
                  learning_rate=learning_rate, seed=seed, kl_weight=KL_WEIGHT, caption_dropout=CAPTION_DROPOUT, ema_decay=EMA_DECAY,
                  warmup_steps=WARMUP_STEPS, lr_schedule="linear warm-up then cosine to 10%", optimizer="AdamW",
-                 checkpoint_every=checkpoint_every, prediction_type="epsilon", noise_schedule="SD 1.5 scaled_linear DDPM")
+                 checkpoint_every=checkpoint_every, prediction_type=prediction_type, noise_schedule="SD 1.5 scaled_linear DDPM")
     corpus_id = {"path": str(corpus.resolve()), "dataset": manifest.get("dataset"), "seed": manifest.get("seed"), "size": manifest.get("size"),
                  "images": len(images), "world_version": manifest.get("world_version")}
-    vae_fp = _fingerprint({"corpus": corpus_id, "vae_extra_corpus": extra_id, "spec": asdict(spec), "crop": vae_crop, "batch": vae_batch_size,
-                           "lr": vae_learning_rate, "seed": seed, "stage": "vae-pinned"})
-    vae_info = _train_vae(components["vae"], vae_sets, steps=vae_steps, batch_size=vae_batch_size, crop=vae_crop, lr=vae_learning_rate,
-                          seed=seed, directory=checkpoints / "vae", fingerprint=vae_fp, checkpoint_every=checkpoint_every, device=dev)
+    if vae_from is not None:
+        vae_info, vae_fp, extra_id = _take_vae(components, Path(vae_from), spec, hyper, dev)
+    else:
+        vae_fp = _fingerprint({"corpus": corpus_id, "vae_extra_corpus": extra_id, "spec": asdict(spec), "crop": vae_crop, "batch": vae_batch_size,
+                               "lr": vae_learning_rate, "seed": seed, "stage": "vae-pinned"})
+        vae_info = _train_vae(components["vae"], vae_sets, steps=vae_steps, batch_size=vae_batch_size, crop=vae_crop, lr=vae_learning_rate,
+                              seed=seed, directory=checkpoints / "vae", fingerprint=vae_fp, checkpoint_every=checkpoint_every, device=dev)
 
     # latent scaling factor: 1 / std of latent samples over (a subset of) the corpus
     t_enc = time.perf_counter()
@@ -559,7 +611,8 @@ def pretrain_prior(
     unique_ids = tok(unique)
     row = {caption: i for i, caption in enumerate(unique)}
     token_ids, empty_ids = unique_ids[[row[c] for c in captions]], tok([""])[0]
-    unet_fp = _fingerprint({"vae": vae_fp, "vae_steps": vae_steps, "batch": batch_size, "lr": learning_rate, "seed": seed, "stage": "unet"})
+    unet_fp = _fingerprint({"vae": vae_fp, "vae_steps": hyper["vae_steps"], "batch": batch_size, "lr": learning_rate, "seed": seed, "stage": "unet",
+                            "prediction_type": prediction_type})
     unet_info = _train_unet(components, latents, token_ids, empty_ids, scale=scale, steps=unet_steps, batch_size=batch_size,
                             latent_size=resolution // spec.downsample, lr=learning_rate, seed=seed, directory=checkpoints / "unet",
                             fingerprint=unet_fp, checkpoint_every=checkpoint_every, device=dev)
@@ -568,6 +621,7 @@ def pretrain_prior(
         "kind": "prior",
         "corpus": corpus_id,
         "vae_extra_corpus": extra_id,
+        "vae_from": vae_info.get("vae_from"),
         "hyperparameters": hyper,
         "spec": models.spec_as_dict(spec),
         "steps": {"vae": vae_info["steps"], "unet": unet_info["steps"]},
@@ -650,7 +704,7 @@ def recorded_request(metadata: dict) -> dict:
     """The training request a prior's dginstyle.json records (see `training_request`)."""
     corpus, hyper = metadata.get("corpus", {}), metadata.get("hyperparameters", {})
     size = corpus.get("size") or {}
-    keys = ("vae_steps", "unet_steps", "batch_size", "vae_batch_size", "vae_crop", "vae_learning_rate", "learning_rate", "seed")
+    keys = ("vae_steps", "unet_steps", "batch_size", "vae_batch_size", "vae_crop", "vae_learning_rate", "learning_rate", "seed", "prediction_type")
     extra = metadata.get("vae_extra_corpus")
     if extra is not None:
         extra_size = extra.get("size") or {}
@@ -740,12 +794,15 @@ def export_shipped(pipeline: Path, dest: Path, half: bool = True) -> dict[str, s
     return sums
 
 
-def ship_prior(pipeline: Path, command: str, samples: Path | None = None, dest: Path | None = None) -> Path:
+def ship_prior(pipeline: Path, command: str | list[str], samples: Path | None = None, dest: Path | None = None) -> Path:
     """Export a trained prior into the package assets: fp16 weights, SHA256SUMS, README.md, samples.png.
 
-    `command` is the exact command line that produced `pipeline` (recorded in the README with
-    the training time and the per-file hashes). The folder is replaced only when complete.
+    `command` is the exact command line that produced `pipeline`, or the command lines in the
+    order they ran (a prior whose VAE was taken `--vae-from` another: that one's command first);
+    recorded in the README with the training time and the per-file hashes. The folder is
+    replaced only when complete.
     """
+    commands = [command] if isinstance(command, str) else list(command)
     from dginstyle.diffusion import models
 
     pipeline = Path(pipeline)
@@ -782,18 +839,21 @@ def ship_prior(pipeline: Path, command: str, samples: Path | None = None, dest: 
         "```",
         "python -m dginstyle prepare minicity --domain prior --splits train=2000 --seed 0 --size 128x64 --out results/datasets/mini_prior --workers 2",
         *extra_prepare,
-        command,
+        *commands,
         "```",
         "",
         "then `python -m dginstyle.diffusion.prior ship-prior --pipeline <out> --samples <png> --command '<the command>'`.",
         "",
         "## Training record",
         "",
+        *([f"- VAE: taken unchanged (`--vae-from`) from the prior whose VAE weights have sha256 `{meta['vae_from']['sha256']}` "
+           "(the first training command above); its own training:"] if meta.get("vae_from") else []),
         f"- VAE: {meta['steps']['vae']} steps, batch {hyper.get('vae_batch_size')} of {hyper.get('vae_crop')} px crops, learning rate {hyper.get('vae_learning_rate')}, "
         f"loss {hyper.get('vae_loss')}",
         *extra_record,
         f"- UNet + text encoder: {meta['steps']['unet']} steps, batch {hyper.get('batch_size')} at resolution {hyper.get('resolution')}, "
-        f"learning rate {hyper.get('learning_rate')}; seed {hyper.get('seed')}; resumed from (vae, unet) steps {meta.get('resumed_from')}",
+        f"learning rate {hyper.get('learning_rate')}, predicting {hyper.get('prediction_type')}; "
+        f"seed {hyper.get('seed')}; resumed from (vae, unet) steps {meta.get('resumed_from')}",
         f"- training time on this machine (2 CPU cores shared with other jobs, {meta.get('threads')} threads): "
         f"VAE {wall.get('vae')} s, UNet {wall.get('unet')} s (plus corpus encoding and saving)",
         f"- final losses: VAE L1 {meta['final_losses']['vae_l1']:.4f}, UNet epsilon MSE {meta['final_losses']['unet_mse']:.4f}; "
@@ -837,6 +897,9 @@ def add_cli(sub) -> None:
     p.add_argument("--vae-learning-rate", type=float, default=DEFAULTS["vae_learning_rate"])
     p.add_argument("--vae-extra-corpus", type=Path, help="prepared dataset whose train images (not labels) the VAE also learns to reconstruct")
     p.add_argument("--learning-rate", type=float, default=DEFAULTS["learning_rate"])
+    p.add_argument("--prediction-type", choices=("epsilon", "v_prediction"), default=DEFAULTS["prediction_type"],
+                   help="what the UNet predicts: epsilon (SD 1.5) or v_prediction (SD 2.x's velocity)")
+    p.add_argument("--vae-from", type=Path, help="take the trained VAE of this prior pipeline folder instead of training one (the --vae-* settings are then its own)")
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
     p.add_argument("--checkpoint-every", type=int, default=DEFAULTS["checkpoint_every"])
     p.add_argument("--samples", type=Path, help="optional PNG sample grid (weather/style prompts x seeds)")
@@ -854,7 +917,7 @@ def _run_cli(args: argparse.Namespace) -> None:
         vae_batch_size=args.vae_batch_size, vae_crop=args.vae_crop, vae_learning_rate=args.vae_learning_rate,
         learning_rate=args.learning_rate, seed=args.seed,
         threads=threads, samples=args.samples, checkpoint_every=args.checkpoint_every, device=args.device,
-        vae_extra_corpus=args.vae_extra_corpus,
+        vae_extra_corpus=args.vae_extra_corpus, prediction_type=args.prediction_type, vae_from=args.vae_from,
     )
 
 
@@ -867,7 +930,8 @@ def main(argv: list[str] | None = None) -> int:
     add_cli(sub)
     ship = sub.add_parser("ship-prior", help="export a trained prior into dginstyle/assets/prior (fp16, hashes, README)")
     ship.add_argument("--pipeline", required=True, type=Path)
-    ship.add_argument("--command", required=True, dest="train_command", help="the exact training command line, for the README")
+    ship.add_argument("--command", required=True, action="append", dest="train_command",
+                      help="the exact training command line, for the README (repeat for several, in the order they ran)")
     ship.add_argument("--samples", type=Path)
     ship.add_argument("--dest", type=Path)
     ship.set_defaults(handler=lambda a: ship_prior(a.pipeline, a.train_command, a.samples, a.dest))

@@ -37,6 +37,7 @@ if PRIOR_TRAINED_HERE:
             " --batch-size {params.training[batch_size]} --vae-batch-size {params.training[vae_batch_size]}"
             " --vae-crop {params.training[vae_crop]} --vae-learning-rate {params.training[vae_learning_rate]}"
             " --learning-rate {params.training[learning_rate]} --seed {params.training[seed]}"
+            " --prediction-type {params.training[prediction_type]}"
             " --checkpoint-every {params.training[checkpoint_every]}{params.vae_extra} > {log} 2>&1"
 
 
