@@ -14,7 +14,7 @@ the colour information drowned in it. Afterwards the latent scaling factor is me
 corpus (1 / std of the latents, SD's 0.18215) and stored in `vae.config.scaling_factor`.
 The VAE may also learn from an extra image set (`vae_extra_corpus`, the source's look in the
 default config) that the UNet never sees: it is a codec, and must represent the source.
-Stage 2 (text encoder + UNet, jointly, from random init): epsilon prediction on SD 1.5's DDPM
+Stage 2 (text encoder + UNet, jointly, from random init): epsilon or velocity prediction on SD 1.5's DDPM
 schedule, caption dropout to the empty prompt (so classifier-free guidance works), random
 horizontal flips and random crops (done in latent space on latents pre-encoded once from the
 full images and their mirror images), AdamW with warm-up + cosine decay, an EMA of both
