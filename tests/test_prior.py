@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -191,8 +192,10 @@ def test_shipped_prior_matches_hashes_and_tamper_is_named(tmp_path):
 
 @shipped
 def test_shipped_prior_follows_the_weather_words():
-    """The shipped prior learned its captions: fog flattens the contrast, night darkens, and a
-    sunny street has vertical structure (sky above, road below), for the same seeds."""
+    """The shipped prior learned its captions as the corpus shows them, for the same seeds: fog
+    brightens and washes out the detail along a row, night darkens, and a sunny street has
+    vertical structure (sky above, road below). The corpus's own photos (seed 0, left 64 px):
+    brightness sunny 0.41, foggy 0.60, night 0.18; spread along a row sunny 0.093, foggy 0.044."""
     torch.set_num_threads(1)
     comps = models.load_components(prior.shipped_prior_path())
     assert comps["unet"].dtype == torch.float32
@@ -204,9 +207,10 @@ def test_shipped_prior_follows_the_weather_words():
     for i, weather in enumerate(weathers):
         pair = images[2 * i : 2 * i + 2]
         grey = pair.mean(1)
-        stats[weather] = {"mean": float(pair.mean()), "contrast": float(grey.flatten(1).std(1).mean()), "rows": float(grey.mean(2).std(1).mean())}
-    assert stats["foggy"]["contrast"] < 0.6 * stats["sunny"]["contrast"], stats
-    assert stats["night"]["mean"] < stats["sunny"]["mean"], stats
+        stats[weather] = {"mean": float(pair.mean()), "along_row": float(grey.std(2).mean()), "rows": float(grey.mean(2).std(1).mean())}
+    assert stats["foggy"]["along_row"] < 0.6 * stats["sunny"]["along_row"], stats
+    assert stats["foggy"]["mean"] > stats["sunny"]["mean"] + 0.1, stats
+    assert stats["night"]["mean"] < 0.6 * stats["sunny"]["mean"], stats
     assert stats["sunny"]["rows"] > 0.02, stats
 
 
@@ -219,7 +223,7 @@ def test_sync_shipped_prior_installs_only_on_an_exact_match(tiny_run, tmp_path, 
     monkeypatch.setattr(prior, "shipped_prior_path", lambda: shipped)
     corpus = {"domain": "prior", "splits": {"train": 16}, "seed": 0, "size": [32, 32], "world_version": minicity.WORLD_VERSION}
     training = {"vae_steps": 3, "unet_steps": 4, "batch_size": 4, "vae_batch_size": 4, "vae_crop": 32, "vae_learning_rate": 2e-3,
-                "learning_rate": 1e-3, "seed": 3, "prediction_type": "epsilon", "checkpoint_every": 99}
+                "learning_rate": 1e-3, "seed": 3, "prediction_type": prior.DEFAULTS["prediction_type"], "checkpoint_every": 99}
     request = prior.training_request(corpus, 32, training)
 
     other = prior.training_request(corpus, 32, {**training, "unet_steps": 5})
@@ -379,6 +383,7 @@ def test_vae_from_takes_a_trained_vae_and_its_record(tiny_run, corpus, tmp_path)
     assert new["vae_from"]["sha256"] == hashlib.sha256((root / "out" / vae).read_bytes()).hexdigest()
     assert new["hyperparameters"]["prediction_type"] == "v_prediction" and prior.recorded_request(new)["training"]["prediction_type"] == "v_prediction"
     assert new["scaling_factor"] == pytest.approx(meta["scaling_factor"])
+    assert "_name_or_path" not in json.loads((out / "vae" / "config.json").read_text())  # no path of this machine in the new prior
     wider = models.TinySpec(**{**TINY.__dict__, "vae_channels": (16, 16, 32)})
     with pytest.raises(DataError, match="does not fit"):
         prior.pretrain_prior(corpus, tmp_path / "o2", tmp_path / "ck2", vae_steps=3, unet_steps=1, vae_from=root / "out", **{**TINY_ARGS, "spec": wider})

@@ -66,7 +66,7 @@ DEFAULTS = dict(
     learning_rate=5e-4,
     seed=0,
     checkpoint_every=100,
-    prediction_type="epsilon",
+    prediction_type="v_prediction",
 )
 KL_WEIGHT = 1e-6  # on the per-sample summed KL, against the per-pixel mean reconstruction loss
 # Colour (each pixel's deviation from its grey value) is a small part of the corpus' signal: with
@@ -242,9 +242,11 @@ def generate(components: dict, prompts: list[str], seeds: list[int], steps: int 
         with torch.no_grad():
             for t in scheduler.timesteps:
                 model_in = scheduler.scale_model_input(torch.cat([latents, latents]), t)
-                eps_u, eps_c = unet(model_in, t, encoder_hidden_states=context).sample.chunk(2)
-                eps = eps_u + guidance * (eps_c - eps_u)
-                latents = scheduler.step(eps, t, latents).prev_sample
+                # the UNet's output is the noise or the velocity (the scheduler's prediction_type,
+                # which its step follows); guidance is linear in either
+                pred_u, pred_c = unet(model_in, t, encoder_hidden_states=context).sample.chunk(2)
+                pred = pred_u + guidance * (pred_c - pred_u)
+                latents = scheduler.step(pred, t, latents).prev_sample
             images = vae.decode(latents / scale).sample
         outputs.append(images.float().add(1).div(2).clamp(0, 1).cpu())
     return torch.cat(outputs)
@@ -477,7 +479,11 @@ def _take_vae(components: dict, source: Path, spec, hyper: dict, device):
     weights = source / "vae" / "diffusion_pytorch_model.safetensors"
     if not weights.is_file():
         raise DataError(f"{weights}: missing (--vae-from takes the VAE's safetensors weights)")
-    vae = AutoencoderKL.from_pretrained(source / "vae", torch_dtype=components["vae"].dtype)
+    loaded = AutoencoderKL.from_pretrained(source / "vae", torch_dtype=components["vae"].dtype)
+    # Rebuilt from its config without `_name_or_path`, which would save this machine's path into
+    # the new prior (and the shipped copy); the weights are the source's, unchanged.
+    vae = AutoencoderKL.from_config({k: v for k, v in loaded.config.items() if k != "_name_or_path"}).to(loaded.dtype)
+    vae.load_state_dict(loaded.state_dict())
     wanted = {"block_out_channels": list(spec.vae_channels), "latent_channels": spec.latent_channels}
     found = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in ((k, vae.config[k]) for k in wanted)}
     if found != wanted:
@@ -856,7 +862,7 @@ def ship_prior(pipeline: Path, command: str | list[str], samples: Path | None = 
         f"seed {hyper.get('seed')}; resumed from (vae, unet) steps {meta.get('resumed_from')}",
         f"- training time on this machine (2 CPU cores shared with other jobs, {meta.get('threads')} threads): "
         f"VAE {wall.get('vae')} s, UNet {wall.get('unet')} s (plus corpus encoding and saving)",
-        f"- final losses: VAE L1 {meta['final_losses']['vae_l1']:.4f}, UNet epsilon MSE {meta['final_losses']['unet_mse']:.4f}; "
+        f"- final losses: VAE L1 {meta['final_losses']['vae_l1']:.4f}, UNet {hyper.get('prediction_type', 'epsilon')} MSE {meta['final_losses']['unet_mse']:.4f}; "
         f"latent scaling factor {meta['scaling_factor']:.5f}",
         f"- shipped size: {size / 1e6:.2f} MB",
         "",
