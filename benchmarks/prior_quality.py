@@ -38,12 +38,13 @@ def denoising_loss(prior: Path, images, captions) -> dict:
     import torch
 
     from dginstyle.diffusion import models
+    from dginstyle.diffusion.mrlf import x0_from_epsilon
     from dginstyle.diffusion.prior import encode_prompts
 
     comps = models.load_components(prior)
     vae, unet = comps["vae"], comps["unet"]
-    ddpm = models.noise_scheduler("ddpm", comps["scheduler"].config)
-    kind = models.check_prediction_type(ddpm, str(prior))
+    ddpm = models.training_scheduler(comps["scheduler"], str(prior))
+    kind = ddpm.config.prediction_type
     with torch.no_grad():
         crops = images[:, :, :, 32:96].float() / 127.5 - 1  # the middle 64x64 of each 128x64 image
         latents = vae.encode(crops).latent_dist.mean * vae.config.scaling_factor
@@ -55,7 +56,7 @@ def denoising_loss(prior: Path, images, captions) -> dict:
             noisy = ddpm.add_noise(latents, noise, timesteps)
             a = ddpm.alphas_cumprod[t]
             eps = models.epsilon_from_prediction(unet(noisy, timesteps, encoder_hidden_states=context).sample, noisy, a, kind)
-            x0 = (noisy - (1 - a).sqrt() * eps) / a.sqrt()
+            x0 = x0_from_epsilon(noisy, eps, a)
             per_t[t] = round(float((x0 - latents).pow(2).mean()), 5)
         mean_predictor = round(float((latents - latents.mean(dim=(0, 2, 3), keepdim=True)).pow(2).mean()), 5)
     return {"x0_mse_per_timestep": per_t, "mean": round(sum(per_t.values()) / len(per_t), 5), "mean_predictor": mean_predictor,

@@ -168,8 +168,7 @@ def train_controlnet(
     torch.manual_seed(seed)  # the conditioning embedding's random init
     controlnet = models.controlnet_from_unet(unet_s, vae)
     models.check_controlnet(controlnet, out, vae)
-    scheduler = models.noise_scheduler("ddpm", components["scheduler"].config)  # the prior's schedule and prediction type
-    models.check_prediction_type(scheduler, f"{prior}/scheduler")
+    scheduler = models.training_scheduler(components["scheduler"], f"{prior}/scheduler")  # the prior's schedule and prediction type
     for module in (vae, text_encoder, unet_s, unet_p):
         freeze(module, rt)
     controlnet.to(rt.device).train()
@@ -399,7 +398,7 @@ def control_gain(components: dict, layouts: list[dict], rt, seed: int) -> dict:
     from dginstyle.diffusion.finetune import encode_prompts, torch_generator
 
     vae, unet, controlnet = components["vae"], components["unet"], components["controlnet"]
-    scheduler = models.noise_scheduler("ddpm", components["scheduler"].config)
+    scheduler = models.training_scheduler(components["scheduler"], "the generator's scheduler")
     pixels = torch.from_numpy(np.stack([crops.to_unit_range(l["image"]) for l in layouts])).to(rt.device, rt.frozen_dtype)
     cond = torch.from_numpy(np.stack([crops.one_hot(l["label"]) for l in layouts])).to(rt.device)
     losses = {"without_control": 0.0, "with_control": 0.0}

@@ -105,8 +105,7 @@ def finetune_unet(
     vae, text_encoder, tokenizer = components["vae"], components["text_encoder"], components["tokenizer"]
     unet = components["unet"]
     check_crop_size(crop_size, vae, unet, "--crop-size")
-    scheduler = models.noise_scheduler("ddpm", components["scheduler"].config)  # the prior's schedule and prediction type
-    models.check_prediction_type(scheduler, f"{prior}/scheduler")
+    scheduler = models.training_scheduler(components["scheduler"], f"{prior}/scheduler")  # the prior's schedule and prediction type
     freeze(vae, rt)
     freeze(text_encoder, rt)
     unet.to(rt.device).train()

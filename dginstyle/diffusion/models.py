@@ -221,6 +221,14 @@ def check_prediction_type(scheduler, where: str) -> str:
     return kind
 
 
+def training_scheduler(scheduler, where: str):
+    """A DDPM scheduler with `scheduler`'s noise schedule and prediction type (checked; `where`
+    names it in the error): what the stages after the prior noise their latents with."""
+    ddpm = noise_scheduler("ddpm", scheduler.config)
+    check_prediction_type(ddpm, where)
+    return ddpm
+
+
 def prediction_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
     """What the UNet is trained to predict for `latents` noised with `noise` at `timesteps`:
     the noise, or the velocity, as the scheduler's `prediction_type` says."""

@@ -167,10 +167,14 @@ def alpha_bar(scheduler, t: int) -> torch.Tensor:
     return scheduler.alphas_cumprod[t] if t >= 0 else scheduler.final_alpha_cumprod
 
 
+def x0_from_epsilon(x_t: torch.Tensor, eps: torch.Tensor, a_t: torch.Tensor) -> torch.Tensor:
+    """The clean-latent estimate behind a noise estimate at x_t: (x_t - sqrt(1 - a) eps) / sqrt(a)."""
+    return (x_t - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+
+
 def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, a_t: torch.Tensor, a_prev: torch.Tensor) -> torch.Tensor:
     """Deterministic DDIM (eta 0), epsilon prediction: x_t -> x_{t_prev}. Affine in eps."""
-    x0 = (x_t - (1 - a_t).sqrt() * eps) / a_t.sqrt()
-    return a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+    return a_prev.sqrt() * x0_from_epsilon(x_t, eps, a_t) + (1 - a_prev).sqrt() * eps
 
 
 def add_noise(x0: torch.Tensor, noise: torch.Tensor, a_t: torch.Tensor) -> torch.Tensor:
