@@ -59,6 +59,12 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     mini.add_argument("--domain", help="minicity domain: source style, a target style, or 'prior'")
     mini.add_argument("--seed", type=int, default=0, help="world seed; the same seed gives byte-identical output")
     mini.add_argument("--size", default="128x64", help="image size WIDTHxHEIGHT")
+    mini.add_argument(
+        "--thin-objects-px",
+        type=float,
+        default=0.0,
+        help="draw poles at least this many pixels wide (traffic lights 1.5 x 3, signs 2 times that); 0: physical sizes",
+    )
     p.set_defaults(handler=_run_prepare)
 
 
@@ -77,6 +83,7 @@ def _run_prepare(args: argparse.Namespace) -> None:
         domain=args.domain,
         seed=args.seed,
         size=args.size,
+        thin_objects_px=args.thin_objects_px,
     )
 
 

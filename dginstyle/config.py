@@ -112,6 +112,12 @@ def _check_references(config: dict) -> None:
         raise ConfigError(f"config key 'source': dataset {config['source']!r} is the unlabelled prior corpus, not a labelled source")
     if corpus and not (datasets[corpus]["format"] == "minicity" and datasets[corpus]["domain"] == "prior"):
         raise ConfigError(f"config key 'prior.corpus': dataset {corpus!r} is not a minicity prior corpus (format minicity, domain prior)")
+    # The segmenter is trained on the source and scored on the targets: all drawn with the same
+    # thin-object minimum, or a pole means different things in training and in testing.
+    thin = {name: datasets[name].get("thin_objects_px", 0) for name in [config["source"], *config["targets"]] if datasets[name]["format"] == "minicity"}
+    if len(set(thin.values())) > 1:
+        listed = ", ".join(f"{name}: {value}" for name, value in thin.items())
+        raise ConfigError(f"config key 'datasets.*.thin_objects_px': the source and the targets must draw thin objects alike ({listed})")
     for name, generated in config.get("generated_sets", {}).items():
         if generated["generator"] == "oracle" and source["format"] != "minicity":
             raise ConfigError(f"config key 'generated_sets.{name}.generator': 'oracle' re-renders the source's scenes in the prior's styles, so it needs a miniature-world (minicity) source; {config['source']!r} is {source['format']!r}")

@@ -27,7 +27,8 @@ def test_shipped_miniature_configs_validate_and_fill_defaults(name):
     config = validate_config(load(name))
     assert config["generated_sets"]["dginstyle"] == {"generator": "plain", "mode": "mrlf", "layouts": "rcs", "weather_prompts": True}
     assert config["experiments"]["dginstyle"]["quality_control"] is False
-    assert config["generation"]["guidance_scale"] == 7.5  # paper default filled in
+    # the paper's guidance filled in; the default run lowers it (it erases the layout there)
+    assert config["generation"]["guidance_scale"] == (3.0 if name == "default" else 7.5)
     assert config["generation"]["weather_schedule"] == {"adverse": 3000, "night": 1000, "plain": 3000}
     assert config["prior"]["corpus"] in used_datasets(config)
 
@@ -100,6 +101,17 @@ def test_unknown_dataset_reference():
     config = load("smoke")
     config["targets"].append("mini_kitti")
     expect_error(config, "targets[2]", "mini_kitti", "unknown dataset")
+
+
+def test_source_and_targets_must_draw_thin_objects_alike():
+    config = load("default")
+    assert {config["datasets"][name]["thin_objects_px"] for name in [config["source"], *config["targets"]]} == {3}
+    assert "thin_objects_px" not in config["datasets"][config["prior"]["corpus"]]  # the shipped prior's corpus, as it was drawn
+    config["datasets"]["mini_acdc"]["thin_objects_px"] = 2
+    expect_error(config, "thin_objects_px", "mini_gta5: 3", "mini_acdc: 2")
+    config = load("smoke")
+    validate_config(config)
+    assert config["datasets"][config["source"]]["thin_objects_px"] == 0  # the schema default
 
 
 def test_prior_corpus_as_source_refused():

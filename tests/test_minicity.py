@@ -223,3 +223,38 @@ def test_unknown_domain_and_bad_arguments(tmp_path):
     with pytest.raises(DataError):
         prepare_minicity(tmp_path / "x", "game", {"train": 1}, 0, 4, 4, 1, None, 10)
     assert not (tmp_path / "x").exists()
+
+
+def _sizes(labels) -> dict:
+    """Median pole width (pixel runs along a row) and median traffic light / sign component."""
+    from scipy import ndimage
+
+    runs, parts = [], {6: [], 7: []}
+    for label in labels:
+        for row in label == CLASSES.index("pole"):
+            edges = np.diff(np.r_[0, row.astype(int), 0])
+            runs += list(np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1))
+        for c in parts:
+            components, count = ndimage.label(label == c)
+            if count:
+                parts[c] += list(np.bincount(components.ravel())[1:])
+    return {"pole": np.median(runs), "traffic light": np.median(parts[6]), "traffic sign": np.median(parts[7])}
+
+
+def test_thin_objects_minimum_widens_only_poles_lights_and_signs(tmp_path):
+    thin = [render_sample("game", 11, "train", i, 128, 64, thin_objects_px=3)[1] for i in range(40)]
+    physical = [render_sample("game", 11, "train", i, 128, 64)[1] for i in range(40)]
+    before, after = _sizes(physical), _sizes(thin)
+    assert before["pole"] <= 1.5 and after["pole"] >= 3
+    assert after["traffic light"] >= 4 * before["traffic light"] and after["traffic light"] >= 30  # 4.5 x 9 px boxes
+    assert after["traffic sign"] >= 3 * before["traffic sign"] and after["traffic sign"] >= 15  # 6 px shapes
+    small = [CLASSES.index(c) for c in ("pole", "traffic light", "traffic sign")]
+    for a, b in zip(physical, thin):
+        changed = a != b
+        assert (np.isin(a[changed], small) | np.isin(b[changed], small)).all(), "only thin objects may change"
+    manifest = prepare_minicity(tmp_path / "thin", "game", {"train": 2}, 11, 128, 64, 1, None, 10, thin_objects_px=3)
+    assert manifest["thin_objects_px"] == 3.0
+    assert np.array_equal(read_label_png(contract.label_path(tmp_path / "thin", "train", contract.read_split(tmp_path / "thin", "train")[1])), thin[1])
+    with pytest.raises(DataError, match="thin_objects_px"):
+        prepare_minicity(tmp_path / "bad", "game", {"train": 1}, 0, 128, 64, 1, None, 10, thin_objects_px=-1)
+    assert not any(tmp_path.glob("*bad*"))

@@ -69,6 +69,23 @@ def test_prior_look_keeps_each_scene_and_draws_it_in_the_prompts_weather(source_
     assert again["image_sha256"] == manifests[0]["image_sha256"] and again["label_sha256"] == manifests[0]["label_sha256"]
 
 
+def test_prior_look_draws_thin_objects_as_the_source_did(tmp_path):
+    """A source drawn with a thin-object minimum is re-rendered with the same minimum, so the
+    oracle's labels keep its wide poles, lights and signs."""
+    source = tmp_path / "thin_gta5"
+    prepare_minicity(source, "game", {"train": 8}, 0, 64, 32, 1, "thin_gta5", 4, thin_objects_px=3)
+    plan = tmp_path / "plan.jsonl"
+    select_layouts(source, plan, num_pairs=8, crop_size=32, rcs_min_pixels=4, weather_schedule={"adverse": 3, "night": 1, "plain": 3})
+    render_oracle_shard(plan, source, 0, 1, tmp_path / "shard0", look="prior")
+    pairs = crops(tmp_path / "shard0", source, plan)
+    assert min((label == src_label).mean() for _, _, label, _, src_label in pairs) > 0.85
+    row, _, label, _, _ = pairs[0]
+    index = int(row["stem"].rsplit("_", 1)[1])
+    x0, y0, x1, y1 = row["crop"]
+    wide = render_in_prior_style("game", 0, "train", index, 64, 32, style_seed=row["id"], weather=row["weather"], thin_objects_px=3)[1]
+    assert (wide[y0:y1, x0:x1] == label).all()
+
+
 def test_source_look_returns_the_source_crops(source_and_plan, tmp_path):
     source, plan = source_and_plan
     render_oracle_shard(plan, source, 0, 1, tmp_path / "shard0", look="source")

@@ -229,6 +229,10 @@ def test_sync_shipped_prior_installs_only_on_an_exact_match(tiny_run, tmp_path, 
     other = prior.training_request(corpus, 32, {**training, "unet_steps": 5})
     assert prior.sync_shipped_prior(tmp_path / "a", other) == "absent"
     assert not (tmp_path / "a").exists()
+    # A corpus drawn with a thin-object minimum is another corpus; 0 is world version 1's drawing.
+    assert prior.training_request({**corpus, "thin_objects_px": 0}, 32, training) == request
+    wide = prior.training_request({**corpus, "thin_objects_px": 3}, 32, training)
+    assert prior.sync_shipped_prior(tmp_path / "a", wide) == "absent"
 
     dest = tmp_path / "results" / "prior"
     assert prior.sync_shipped_prior(dest, request) == "installed"

@@ -83,6 +83,10 @@ def test_forcerun_pretrain_prior_retrains_from_its_corpus(tmp_path):
     assert "--vae-steps 3000 --unet-steps 2000" in result.stdout
     assert "--vae-crop 32 --vae-learning-rate 0.002" in result.stdout
     assert "--vae-extra-corpus results/datasets/mini_gta5_vae" in result.stdout
+    # the source and the targets draw wide thin objects; the prior's corpora as the shipped prior saw them
+    prepares = [line for line in result.stdout.splitlines() if "dginstyle prepare minicity" in line]
+    wide = {line.split("--name ")[1].split()[0] for line in prepares if "--thin-objects-px 3" in line}
+    assert len(prepares) == 8 and wide == {"mini_gta5", "mini_cityscapes", "mini_bdd100k", "mini_mapillary", "mini_acdc", "mini_darkzurich"}
 
 
 def write_config(path: Path, config: dict) -> Path:

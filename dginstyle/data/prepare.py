@@ -216,6 +216,7 @@ def prepare(
     domain: str | None = None,
     seed: int = 0,
     size: str = "128x64",
+    thin_objects_px: float = 0.0,
 ) -> dict:
     """Build the prepared dataset <out> from a real download (or the miniature world); returns the manifest."""
     out = Path(out)
@@ -233,6 +234,7 @@ def prepare(
             workers=workers,
             name=name,
             rcs_min_pixels=rcs_min_pixels,
+            thin_objects_px=thin_objects_px,
         )
     return prepare_real(fmt, out, root, splits, name=name, workers=workers, rcs_min_pixels=rcs_min_pixels, size_mismatch=size_mismatch)
 

@@ -42,7 +42,7 @@ STEM = re.compile(r"^(?P<domain>[a-z0-9]+)_(?P<split>[A-Za-z0-9_\-]+)_(?P<index>
 
 
 def _world_of(source: Path, manifest: dict) -> dict:
-    """The miniature world (domain, seed, size) that rendered `source`; DataError otherwise."""
+    """The miniature world (domain, seed, size, thin-object minimum) that rendered `source`; DataError otherwise."""
     from dginstyle.data.minicity import WORLD_VERSION
 
     if manifest.get("format") != "minicity":
@@ -52,7 +52,8 @@ def _world_of(source: Path, manifest: dict) -> dict:
         )
     if manifest.get("world_version") != WORLD_VERSION:
         raise DataError(f"{source}: rendered by world version {manifest.get('world_version')}, this package draws version {WORLD_VERSION}; prepare it again")
-    return {"domain": manifest["domain"], "seed": int(manifest["seed"]), "width": int(manifest["size"]["width"]), "height": int(manifest["size"]["height"])}
+    return {"domain": manifest["domain"], "seed": int(manifest["seed"]), "width": int(manifest["size"]["width"]), "height": int(manifest["size"]["height"]),
+            "thin_objects_px": float(manifest.get("thin_objects_px") or 0)}
 
 
 def render_oracle_shard(plan: Path, source: Path, shard: int, num_shards: int, out: Path, look: str = "prior") -> dict:
@@ -87,7 +88,7 @@ def render_oracle_shard(plan: Path, source: Path, shard: int, num_shards: int, o
                 raise DataError(f"{plan}: pair {pair_id}: stem {row['stem']!r} is not an image of {source} ({world['domain']}, split {split})")
             rgb, full_label, style = render_in_prior_style(
                 world["domain"], world["seed"], split, int(parsed["index"]), world["width"], world["height"],
-                style_seed=pair_id, weather=row.get("weather"),
+                style_seed=pair_id, weather=row.get("weather"), thin_objects_px=world["thin_objects_px"],
             )  # fmt: skip
             image, label = crop_of(rgb, row, plan), crop_of(full_label, row, plan)
             extra.update(style=style.extra["style"], condition=style.condition, label_agreement=round(float((label == source_label).mean()), 4))

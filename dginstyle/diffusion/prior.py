@@ -577,7 +577,7 @@ def pretrain_prior(
         extra_manifest = json.loads(extra_manifest_file.read_text()) if extra_manifest_file.is_file() else {}
         extra_id = {"path": str(Path(vae_extra_corpus).resolve()), "dataset": extra_manifest.get("dataset"), "domain": extra_manifest.get("domain"),
                     "seed": extra_manifest.get("seed"), "size": extra_manifest.get("size"), "images": len(extra),
-                    "world_version": extra_manifest.get("world_version")}
+                    "world_version": extra_manifest.get("world_version"), **_thin_objects(extra_manifest)}
         log.info("VAE extra corpus %s: %d images %dx%d", vae_extra_corpus, len(extra), extra.shape[3], extra.shape[2])
 
     seed_everything(seed)
@@ -593,7 +593,7 @@ def pretrain_prior(
                  warmup_steps=WARMUP_STEPS, lr_schedule="linear warm-up then cosine to 10%", optimizer="AdamW",
                  checkpoint_every=checkpoint_every, prediction_type=prediction_type, noise_schedule="SD 1.5 scaled_linear DDPM")
     corpus_id = {"path": str(corpus.resolve()), "dataset": manifest.get("dataset"), "seed": manifest.get("seed"), "size": manifest.get("size"),
-                 "images": len(images), "world_version": manifest.get("world_version")}
+                 "images": len(images), "world_version": manifest.get("world_version"), **_thin_objects(manifest)}
     if vae_from is not None:
         vae_info, vae_fp, extra_id = _take_vae(components, Path(vae_from), spec, hyper, dev)
     else:
@@ -686,6 +686,13 @@ def verify_shipped_prior(folder: Path | None = None) -> None:
             raise DataError(f"{path}: sha256 {actual} does not match the recorded {digest} (corrupt or modified weights)")
 
 
+def _thin_objects(spec: dict) -> dict:
+    """The corpus's thin-object minimum as recorded (nothing when 0: world version 1's drawing,
+    so priors trained before the setting existed still match)."""
+    value = float(spec.get("thin_objects_px") or 0)
+    return {"thin_objects_px": value} if value else {}
+
+
 def training_request(corpus: dict, resolution: int, training: dict, vae_extra: dict | None = None) -> dict:
     """What a prior is trained from, in the terms of the workflow config (for comparisons).
 
@@ -697,9 +704,10 @@ def training_request(corpus: dict, resolution: int, training: dict, vae_extra: d
     extra = None
     if vae_extra is not None:
         extra = {"domain": vae_extra["domain"], "seed": vae_extra["seed"], "size": list(vae_extra["size"]),
-                 "images": sum(vae_extra["splits"].values()), "world_version": vae_extra["world_version"]}
+                 "images": sum(vae_extra["splits"].values()), "world_version": vae_extra["world_version"], **_thin_objects(vae_extra)}
     return {
-        "corpus": {"seed": corpus["seed"], "size": list(corpus["size"]), "images": sum(corpus["splits"].values()), "world_version": corpus["world_version"]},
+        "corpus": {"seed": corpus["seed"], "size": list(corpus["size"]), "images": sum(corpus["splits"].values()), "world_version": corpus["world_version"],
+                   **_thin_objects(corpus)},
         "vae_extra_corpus": extra,
         "resolution": resolution,
         "training": hyper,
@@ -715,9 +723,10 @@ def recorded_request(metadata: dict) -> dict:
     if extra is not None:
         extra_size = extra.get("size") or {}
         extra = {"domain": extra.get("domain"), "seed": extra.get("seed"), "size": [extra_size.get("width"), extra_size.get("height")],
-                 "images": extra.get("images"), "world_version": extra.get("world_version")}
+                 "images": extra.get("images"), "world_version": extra.get("world_version"), **_thin_objects(extra)}
     return {
-        "corpus": {"seed": corpus.get("seed"), "size": [size.get("width"), size.get("height")], "images": corpus.get("images"), "world_version": corpus.get("world_version")},
+        "corpus": {"seed": corpus.get("seed"), "size": [size.get("width"), size.get("height")], "images": corpus.get("images"), "world_version": corpus.get("world_version"),
+                   **_thin_objects(corpus)},
         "vae_extra_corpus": extra,
         "resolution": hyper.get("resolution"),
         "training": {k: hyper.get(k) for k in keys},

@@ -92,6 +92,8 @@ def prepare_arguments(wildcards):
             f"--seed {world['seed']}",
             f"--size {world['width']}x{world['height']}",
         ]
+        if entry.get("thin_objects_px"):
+            args.append(f"--thin-objects-px {entry['thin_objects_px']}")
     else:
         args.append(f"--root '{entry['root']}'")
         if entry.get("splits"):
@@ -176,6 +178,12 @@ def corpus_spec(name):
         "seed": world["seed"],
         "size": [world["width"], world["height"]],
         "world_version": WORLD_VERSION,
+        # Recorded only when set: a corpus drawn without the minimum is world version 1's.
+        **(
+            {"thin_objects_px": corpus["thin_objects_px"]}
+            if corpus.get("thin_objects_px")
+            else {}
+        ),
     }
 
 

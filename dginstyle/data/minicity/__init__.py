@@ -47,6 +47,11 @@ SUPERSAMPLE = 2
 # Bump whenever the rendering changes: a prior trained on the corpus records the version it saw,
 # and the shipped prior is only reused for a corpus of the same version.
 WORLD_VERSION = 1
+# Why thin_objects_px exists: at 128x64 a pole is 1 px wide and a traffic light or sign 3-4 px
+# in all, below one output pixel of the segmenter (1/4 resolution). The paper trains at 1024x512,
+# where such objects span one to several output pixels. Drawing them at least a few pixels
+# across (in every labelled domain alike) restores that ratio, so that the small-class claims
+# can be measured at all. 0 draws exactly what world version 1 always drew (scene.draw_pole).
 CHUNK = 48
 
 __all__ = ["DOMAINS", "LABELLED_DOMAINS", "image_rng", "render_sample", "render_in_prior_style", "prepare_minicity"]
@@ -67,13 +72,17 @@ def _check_domain(domain: str) -> None:
         raise DataError(f"minicity: unknown domain {domain!r}; valid domains: {', '.join(DOMAINS)}")
 
 
-def render_sample(domain: str, seed: int, split: str, index: int, width: int = 128, height: int = 64):
-    """Render one image: returns (rgb uint8 (H, W, 3), label uint8 (H, W), style, caption or None)."""
+def render_sample(domain: str, seed: int, split: str, index: int, width: int = 128, height: int = 64, thin_objects_px: float = 0.0):
+    """Render one image: returns (rgb uint8 (H, W, 3), label uint8 (H, W), style, caption or None).
+
+    thin_objects_px: poles are drawn at least this many output pixels wide, traffic lights
+    at least 1.5 x 3 times and traffic signs 2 times that size (0: world version 1's drawing).
+    """
     _check_domain(domain)
     s_style, s_layout, s_render, s_caption = image_rng(seed, domain, split, index).spawn(4)
     rng_style = np.random.default_rng(s_style)
     st = sample_prior_style(rng_style) if domain == "prior" else sample_domain_style(domain, rng_style)
-    rgb, label = _draw(st, st.camera, s_layout, s_render, width, height)
+    rgb, label = _draw(st, st.camera, s_layout, s_render, width, height, thin_objects_px)
     text = None
     if domain == "prior":
         counts = np.bincount(label.ravel(), minlength=256)[:NUM_CLASSES]
@@ -81,7 +90,9 @@ def render_sample(domain: str, seed: int, split: str, index: int, width: int = 1
     return rgb, label, st, text
 
 
-def render_in_prior_style(domain: str, seed: int, split: str, index: int, width: int, height: int, style_seed: int, weather: str | None = None):
+def render_in_prior_style(
+    domain: str, seed: int, split: str, index: int, width: int, height: int, style_seed: int, weather: str | None = None, thin_objects_px: float = 0.0
+):
     """The scene of image (domain, seed, split, index) drawn in a style of the prior corpus:
     same street, camera and objects, a prior palette, light, weather and art style drawn from
     `style_seed` (re-drawn until its weather is `weather`, when one is given). Returns (rgb,
@@ -100,16 +111,18 @@ def render_in_prior_style(domain: str, seed: int, split: str, index: int, width:
             break
     else:
         raise DataError(f"minicity: the prior has no weather {weather!r}; it has {', '.join(PRIOR_WEATHER_P)}")
-    rgb, label = _draw(style, camera, s_layout, s_render, width, height)
+    rgb, label = _draw(style, camera, s_layout, s_render, width, height, thin_objects_px)
     return rgb, label, style
 
 
-def _draw(st, camera: dict, s_layout, s_render, width: int, height: int):
+def _draw(st, camera: dict, s_layout, s_render, width: int, height: int, thin_objects_px: float = 0.0):
     """Lay out a street seen by `camera` (from seed s_layout) and draw it in style `st`."""
+    if not thin_objects_px >= 0:
+        raise DataError(f"minicity: thin_objects_px must be >= 0, got {thin_objects_px}")
     w2, h2 = width * SUPERSAMPLE, height * SUPERSAMPLE
     sc = sample_layout(np.random.default_rng(s_layout), w2, h2, camera)
     night = st.p["night"] > 0 or st.condition == "dusk"
-    cv = Canvas(h2, w2, emissive=night)
+    cv = Canvas(h2, w2, emissive=night, thin_min=float(thin_objects_px) * SUPERSAMPLE)
     rng_render = np.random.default_rng(s_render)
     if camera is not st.camera:
         st = dataclasses.replace(st, camera=camera)
@@ -122,11 +135,11 @@ def _stem(domain: str, split: str, index: int) -> str:
 
 
 def _render_chunk(args) -> list[contract.Record]:
-    staging, domain, seed, width, height, jobs = args
+    staging, domain, seed, width, height, thin_objects_px, jobs = args
     staging = Path(staging)
     records = []
     for split, index in jobs:
-        rgb, label, st, text = render_sample(domain, seed, split, index, width, height)
+        rgb, label, st, text = render_sample(domain, seed, split, index, width, height, thin_objects_px)
         stem = _stem(domain, split, index)
         contract.write_image(staging, split, stem, rgb)
         if domain == "prior":
@@ -148,6 +161,7 @@ def prepare_minicity(
     workers: int,
     name: str | None,
     rcs_min_pixels: int,
+    thin_objects_px: float = 0.0,
 ) -> dict:
     """Render a miniature-world domain into the prepared-dataset contract; returns the manifest."""
     _check_domain(domain)
@@ -162,8 +176,10 @@ def prepare_minicity(
         if int(count) < 0:
             raise DataError(f"minicity: split {split!r} has a negative count {count}")
     jobs = [(split, i) for split, count in splits.items() for i in range(int(count))]
+    if not thin_objects_px >= 0:
+        raise DataError(f"minicity: thin_objects_px must be >= 0, got {thin_objects_px}")
     staging = contract.start(out)
-    chunks = [(str(staging), domain, int(seed), int(width), int(height), jobs[i : i + CHUNK]) for i in range(0, len(jobs), CHUNK)]
+    chunks = [(str(staging), domain, int(seed), int(width), int(height), float(thin_objects_px), jobs[i : i + CHUNK]) for i in range(0, len(jobs), CHUNK)]
     records: list[contract.Record] = []
     try:
         for chunk_records in parallel_map(_render_chunk, chunks, max(1, int(workers))):
@@ -183,5 +199,6 @@ def prepare_minicity(
         "supersampling": SUPERSAMPLE,
         "generator": "dginstyle.data.minicity",
         "world_version": WORLD_VERSION,
+        "thin_objects_px": float(thin_objects_px),
     }
     return contract.finalize(staging, out, records, manifest, rcs_min_pixels)

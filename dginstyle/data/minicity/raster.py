@@ -21,8 +21,10 @@ FAR = 1.0e4  # depth of the sky (metres)
 class Canvas:
     """Class map, colour and depth at the supersampled resolution; optional emission layer."""
 
-    def __init__(self, h: int, w: int, emissive: bool = False):
+    def __init__(self, h: int, w: int, emissive: bool = False, thin_min: float = 0.0):
         self.h, self.w = h, w
+        # Smallest size, in canvas pixels, of thin objects (poles, lights, signs); 0: no minimum.
+        self.thin_min = float(thin_min)
         self.cls = np.full((h, w), SKY, dtype=np.uint8)
         self.depth = np.full((h, w), FAR, dtype=np.float32)
         self.rgb = np.zeros((h, w, 3), dtype=np.float32)

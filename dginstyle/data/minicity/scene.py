@@ -581,11 +581,14 @@ def draw_pole(cv: Canvas, sc: Scene, st, it: dict, lights: list) -> None:
     yb = cam.sy(0.0, Z)
     pcol = st.palette["pole"][0] * _shade(st, sc, 0)
     h = it["h"]
-    cv.rect(x - it["w"] / 2 * k, x + it["w"] / 2 * k, yb - h * k, yb, POLE, pcol, Z, minw=1.6)
+    # The thin-object minimum (canvas pixels; 0 for physical sizes): pole and arm widths, the
+    # traffic light's box (1.5 x 3 times) and the sign's size (2 times). See thin_objects_px.
+    m = cv.thin_min
+    cv.rect(x - it["w"] / 2 * k, x + it["w"] / 2 * k, yb - h * k, yb, POLE, pcol, Z, minw=max(1.6, m))
     arm = it["arm"]
     if arm:
         xe = cam.sx(it["X"] + arm, Z)
-        cv.rect(min(x, xe), max(x, xe), yb - (h - 0.05) * k, yb - (h - 0.2) * k, POLE, pcol, Z, minh=1.3)
+        cv.rect(min(x, xe), max(x, xe), yb - (h - 0.05) * k, yb - (h - 0.2) * k, POLE, pcol, Z, minh=max(1.3, m))
         if it["lamp"]:
             lamp_col = st.palette["lamp"][0]
             night = cv.emit is not None
@@ -597,7 +600,7 @@ def draw_pole(cv: Canvas, sc: Scene, st, it: dict, lights: list) -> None:
         off = arm * 0.8 if tl["off"] is None else tl["off"]
         xt = cam.sx(it["X"] + off, Z)
         yt = yb - tl["Y"] * k
-        bw, bh = 0.36 * k, 0.95 * k
+        bw, bh = max(0.36 * k, 1.5 * m), max(0.95 * k, 3 * m)
         cv.rect(xt - bw / 2, xt + bw / 2, yt - bh, yt, TLIGHT, st.palette["tl_box"][0], Z - 0.05, minw=2, minh=3)
         state = int((it["Z"] * 7.3) % 3)
         colors = ([0.95, 0.1, 0.05], [1.0, 0.7, 0.0], [0.1, 0.95, 0.35])
@@ -608,7 +611,7 @@ def draw_pole(cv: Canvas, sc: Scene, st, it: dict, lights: list) -> None:
                        emit=(c * 2.0 * st.lights) if on and cv.emit is not None else None)
     sg = it["sign"]
     if sg is not None:
-        size = sg["size"] * k
+        size = max(sg["size"] * k, 2 * m)
         ys = yb - (h - sg["size"] / 2) * k if sg["top"] else yb - (h * 0.55) * k
         col = st.pick("sign", sg["u"])
         inner = np.asarray([0.95, 0.95, 0.95], np.float32) * (1.0 if st.night == 0 else 0.6)

@@ -1,0 +1,97 @@
+"""How faithfully generated images follow their condition labels, as a segmenter sees them.
+
+    python benchmarks/label_fidelity.py --workdir DIR --judge RUN [--sets dginstyle,no_swap,...]
+
+A judge segmenter (a finished segmentation run; best one trained with images in the prior's
+styles, e.g. the `upper_bound` table's `oracle` run, so that an unfamiliar style does not read
+as an unfaithful label) predicts every generated image of each set under DIR/results/generated,
+and its prediction is scored against the label the image was generated from: mIoU over the
+classes present, pixel accuracy, and IoU of the small classes (pole, traffic light, traffic
+sign). The `oracle` set, whose images are exact renders of their labels, is the ceiling a
+perfectly faithful generator reaches with this judge; the judge's own source images would be
+another. Writes results/benchmarks/label_fidelity.json (in the repository).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULT = REPO / "results" / "benchmarks" / "label_fidelity.json"
+SMALL = ("pole", "traffic light", "traffic sign")
+
+
+def score_set(model, cfg, shards: list[Path]) -> dict:
+    import numpy as np
+
+    from dginstyle.io import read_label_png
+    from dginstyle.labels import NUM_CLASSES
+    from dginstyle.metrics import confusion_matrix, metrics_from_confusion
+    from dginstyle.segmentation.datasets import generated_samples
+    from dginstyle.segmentation.evaluate import predict, read_bgr
+
+    conf = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
+    pairs = 0
+    for shard in shards:
+        for _, image_path, label_path in generated_samples(shard):
+            label = read_label_png(label_path)
+            conf += confusion_matrix(predict(model, cfg, read_bgr(image_path), label.shape), label)
+            pairs += 1
+    metrics = metrics_from_confusion(conf, num_images=pairs)
+
+    def percent(value):
+        return None if value is None else round(100 * value, 2)
+
+    return {
+        "pairs": pairs,
+        "mIoU": percent(metrics["mIoU"]),
+        "aAcc": percent(metrics["aAcc"]),
+        "small_class_IoU": {name: percent(metrics["IoU"][name]) for name in SMALL},
+        "IoU": {name: percent(value) for name, value in metrics["IoU"].items()},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", type=Path, required=True, help="a finished run's folder (results/generated/<set>/shard*)")
+    parser.add_argument("--judge", type=Path, required=True, help="segmentation run folder that judges (relative to --workdir or absolute)")
+    parser.add_argument("--sets", default=None, help="comma-separated generated sets (default: every set under results/generated)")
+    parser.add_argument("--out", type=Path, default=RESULT)
+    args = parser.parse_args()
+
+    import torch
+
+    from dginstyle.parallel import default_threads
+    from dginstyle.segmentation.evaluate import load_run
+
+    torch.set_num_threads(default_threads())
+    generated = args.workdir / "results" / "generated"
+    names = args.sets.split(",") if args.sets else sorted(p.name for p in generated.iterdir() if p.is_dir())
+    judge = args.judge if args.judge.is_absolute() else args.workdir / args.judge
+    model, cfg = load_run(judge)
+    start = time.perf_counter()
+    sets = {}
+    for name in names:
+        shards = sorted(p for p in (generated / name).glob("shard*") if p.is_dir())
+        if not shards:
+            raise SystemExit(f"{generated / name}: no shards")
+        sets[name] = score_set(model, cfg, shards)
+        print(f"{name:>12}: mIoU {sets[name]['mIoU']:.2f}  aAcc {sets[name]['aAcc']}  small {sets[name]['small_class_IoU']}  ({sets[name]['pairs']} pairs)")
+    result = {
+        "judge": str(args.judge),
+        "workdir": str(args.workdir),
+        "what": "judge's prediction of each generated image scored against the label it was generated from (percent; mIoU over the classes present)",
+        "sets": sets,
+        "seconds": round(time.perf_counter() - start, 1),
+        "threads": torch.get_num_threads(),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
