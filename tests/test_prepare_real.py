@@ -345,8 +345,10 @@ def test_minicity_is_delegated_with_parsed_arguments(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "dginstyle.data.minicity", fake)
     out = tmp_path / "mini"
     assert run("minicity", "--out", out, "--domain", "source", "--splits", "train=800,val=200", "--size", "96x48", "--seed", 3, "--workers", 2) == 0
+    assert run("minicity", "--out", out, "--domain", "source", "--splits", "train=1", "--thin-objects-px", "2.5") == 0
     assert calls == [
-        dict(out=out, domain="source", splits={"train": 800, "val": 200}, seed=3, width=96, height=48, workers=2, name=None, rcs_min_pixels=3000)
+        dict(out=out, domain="source", splits={"train": 800, "val": 200}, seed=3, width=96, height=48, workers=2, name=None, rcs_min_pixels=3000, thin_objects_px=0.0),
+        dict(out=out, domain="source", splits={"train": 1}, seed=0, width=128, height=64, workers=calls[1]["workers"], name=None, rcs_min_pixels=3000, thin_objects_px=2.5),
     ]
     from dginstyle.data.prepare import prepare
 
