@@ -19,8 +19,12 @@ SMOKE = REPO / "workflow" / "configs" / "smoke.yaml"
 PAPER = REPO / "workflow" / "configs" / "paper.yaml"
 
 
-def snakemake(*args: str, cwd: Path = REPO, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run Snakemake on this repo's Snakefile with `cwd` as the working directory."""
+def snakemake(*args: str, cwd: Path = REPO, timeout: int = 1800) -> subprocess.CompletedProcess:
+    """Run Snakemake on this repo's Snakefile with `cwd` as the working directory.
+
+    The timeout only catches a hang: the smoke run takes a few minutes on 2 cores, but it ran
+    past 10 on a slow day of this shared machine with a second workload beside it (2026-12-02).
+    """
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), *args]
     # Jobs call `python`: make it this interpreter, as an activated venv would.
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
