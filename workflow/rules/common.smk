@@ -178,7 +178,8 @@ def corpus_spec(name):
         "seed": world["seed"],
         "size": [world["width"], world["height"]],
         "world_version": WORLD_VERSION,
-        # Recorded only when set: a corpus drawn without the minimum is world version 1's.
+        # Recorded only when set: a corpus drawn without the minimum is world version 1's, and
+        # pretrain_prior's params (a rerun trigger) stay those of folders made before the key.
         **(
             {"thin_objects_px": corpus["thin_objects_px"]}
             if corpus.get("thin_objects_px")
