@@ -171,6 +171,35 @@ def test_resume_continues_from_checkpoint(trained, world):
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
+def test_a_rerun_with_other_settings_trains_afresh(trained, world, tmp_path):
+    """Snakemake reruns a job whose params changed into the same work folder: the old run's
+    checkpoints must not be resumed (it would end at once with the old model under the new name)."""
+    import shutil
+
+    from dginstyle.segmentation.train import SETTINGS, train_segmentation
+
+    root, source, _, shard = world
+    _, work, _ = trained
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy)
+    assert json.loads((copy / SETTINGS).read_text())["learning_rate"] == 6e-5
+    meta = train_segmentation(source, [shard], tmp_path / "run", copy, iterations=2, **{**TRAIN, "learning_rate": 1e-4})
+    assert meta["resumed_from"] is None and meta["resumed_at_iteration"] == 0
+    stale = tmp_path / "work.stale"
+    assert (stale / "iter_2.pth").is_file() and json.loads((stale / SETTINGS).read_text())["learning_rate"] == 6e-5
+    assert json.loads((copy / SETTINGS).read_text())["learning_rate"] == 1e-4
+    # the same settings again resume
+    meta = train_segmentation(source, [shard], tmp_path / "run", copy, iterations=2, **{**TRAIN, "learning_rate": 1e-4})
+    assert meta["resumed_at_iteration"] == 2
+    # new data under the same paths is other settings too (the manifests' hashes differ)
+    (shard / "manifest.json").write_text('{"generator": "another"}')
+    try:
+        meta = train_segmentation(source, [shard], tmp_path / "run", copy, iterations=2, **{**TRAIN, "learning_rate": 1e-4})
+    finally:
+        (shard / "manifest.json").write_text("{}")
+    assert meta["resumed_from"] is None
+
+
 def test_cli_registers_both_stages():
     import argparse
 

@@ -70,6 +70,55 @@ def latest_checkpoint(work_dir: Path) -> Path | None:
     return check_inside_run_dir(path, work_dir)
 
 
+#: In the work folder: what the checkpoints there were trained with (see set_aside_stale_checkpoints).
+SETTINGS = "settings.json"
+
+
+def _file_sha256(path: Path) -> str | None:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def data_fingerprint(source: Path, generated: list[Path]) -> dict:
+    """sha256 of the manifests of the training data: the source's (it lists every label file's
+    hash) and each generated shard's (its generator, plan and settings), so that new data under
+    the same paths counts as other settings."""
+    return {
+        "source_manifest": _file_sha256(Path(source) / "manifest.json"),
+        "generated_manifests": [_file_sha256(Path(g) / "manifest.json") for g in generated],
+    }
+
+
+def set_aside_stale_checkpoints(work_dir: Path, settings: dict) -> None:
+    """Make `work_dir` hold only checkpoints of these settings, then record them there.
+
+    A rerun with other settings (Snakemake reruns a job whose params or inputs changed, into the
+    same work folder) must not resume the old run: it would finish at once with a model of the
+    old settings under the new name. Such checkpoints are moved to `<work_dir>.stale` (not
+    deleted) and training starts afresh. The schedule length (iterations) is left out on
+    purpose: a run may be resumed to train longer (the schedule is re-synced). A work folder
+    without a settings record (older versions) is resumed as before.
+    """
+    work_dir = Path(work_dir)
+    record = work_dir / SETTINGS
+    settings = json.loads(json.dumps(settings))  # as it reads back (tuples become lists)
+    if record.is_file() and latest_checkpoint(work_dir) is not None:
+        try:
+            saved = json.loads(record.read_text())
+        except json.JSONDecodeError:
+            saved = None
+        if saved != settings:
+            differ = sorted(k for k in set(settings) | set(saved or {}) if (saved or {}).get(k) != settings.get(k))
+            stale = work_dir.with_name(work_dir.name + ".stale")
+            if stale.exists():
+                shutil.rmtree(stale)
+            os.replace(work_dir, stale)
+            log.warning("%s: checkpoints of other settings (%s); moved to %s, training afresh", work_dir, ", ".join(differ) or "unreadable record", stale)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(record, settings)
+
+
 def _schedule_factor(it: int, iterations: int, warmup: int, power: float) -> float:
     """Closed-form lr factor at iteration `it` of mmengine's LinearLR(start 1e-6, begin 0, end
     warmup) then PolyLR(power, eta_min 0, begin warmup, end iterations), as mmengine computes
@@ -276,6 +325,16 @@ def train_segmentation(
     # unreadable file stops the run at once; it is copied in when training starts.
     pretrained_state = read_backbone_weights(Path(pretrained)) if pretrained is not None else None
     work_dir.mkdir(parents=True, exist_ok=True)
+    set_aside_stale_checkpoints(work_dir, {
+        "model": model, "batch_size": batch_size, "crop_size_hw": list(crop), "learning_rate": learning_rate,
+        "weight_decay": weight_decay, "warmup_iterations": warmup_iterations, "poly_power": poly_power, "seed": seed,
+        "pretrained": str(pretrained) if pretrained else None, "source": str(source), "generated": [str(g) for g in generated],
+        "data": data_fingerprint(source, generated), "generated_repeat": generated_repeat,
+        "source_resize_wh": list(source_resize) if source_resize else None,
+        "generated_resize_wh": list(generated_resize) if generated_resize else None,
+        "feature_distance": None if fd_settings is None else {**fd_settings, "classes": list(fd_settings["classes"])},
+        "rare_class_sampling": rcs_settings, "shade": shade_settings,
+    })  # fmt: skip
     resume_from = latest_checkpoint(work_dir)  # DataError when it points outside work_dir
     cfg = training_config(
         source=source, generated=generated, work_dir=work_dir, model=model, iterations=iterations,
