@@ -27,19 +27,16 @@ SMALL = ("pole", "traffic light", "traffic sign")
 def score_set(model, cfg, shards: list[Path]) -> dict:
     import numpy as np
 
-    from dginstyle.io import read_label_png
     from dginstyle.labels import NUM_CLASSES
     from dginstyle.metrics import confusion_matrix, metrics_from_confusion
     from dginstyle.segmentation.datasets import generated_samples
-    from dginstyle.segmentation.evaluate import predict, read_bgr
+    from dginstyle.segmentation.evaluate import iter_predictions
 
     conf = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
-    pairs = 0
-    for shard in shards:
-        for _, image_path, label_path in generated_samples(shard):
-            label = read_label_png(label_path)
-            conf += confusion_matrix(predict(model, cfg, read_bgr(image_path), label.shape), label)
-            pairs += 1
+    samples = [sample for shard in shards for sample in generated_samples(shard)]
+    for _, _, label, pred in iter_predictions(model, cfg, samples):
+        conf += confusion_matrix(pred, label)
+    pairs = len(samples)
     metrics = metrics_from_confusion(conf, num_images=pairs)
 
     def percent(value):

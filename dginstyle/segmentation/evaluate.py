@@ -134,6 +134,24 @@ def predict(model, cfg, image_bgr: np.ndarray, out_hw: tuple[int, int], test_siz
 EVAL_BATCH = 16
 
 
+def iter_predictions(model, cfg, samples, *, test_size=None, keep_ratio: bool = True, batch_size: int = EVAL_BATCH):
+    """Yield (stem, label_file, label, prediction) for (stem, image_file, label_file) samples.
+
+    Images are read and predicted `batch_size` at a time (predict_logits_batch); each prediction
+    is the (H, W) uint8 train-ID map at its label's resolution. Shared by `evaluate` and the
+    label-fidelity benchmark, so that both score images the same way.
+    """
+    import torch
+
+    for first in range(0, len(samples), batch_size):
+        chunk = samples[first : first + batch_size]
+        labels = [read_label_png(label_file) for _, _, label_file in chunk]
+        images = [read_bgr(image_file) for _, image_file, _ in chunk]
+        logits = predict_logits_batch(model, cfg, images, [label.shape for label in labels], test_size=test_size, keep_ratio=keep_ratio)
+        for (stem, _, label_file), label, one in zip(chunk, labels, logits):
+            yield stem, label_file, label, one.argmax(dim=1)[0].to(torch.uint8).numpy()
+
+
 def evaluate_segmentation(
     run: Path,
     dataset: Path,
@@ -171,19 +189,13 @@ def evaluate_segmentation(
     if save_predictions is not None:
         Path(save_predictions).mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    for first in range(0, len(samples), batch_size):
-        chunk = samples[first : first + batch_size]
-        labels = [read_label_png(label_file) for _, _, label_file in chunk]
-        images = [read_bgr(img_path) for _, img_path, _ in chunk]
-        logits = predict_logits_batch(model, cfg, images, [label.shape for label in labels], test_size=test_size, keep_ratio=keep_ratio)
-        for (stem, _, label_file), label, one in zip(chunk, labels, logits):
-            pred = one.argmax(dim=1)[0].to(torch.uint8).numpy()
-            try:
-                conf += confusion_matrix(pred, label)
-            except ValueError as exc:
-                raise DataError(f"{label_file}: {exc}") from None
-            if save_predictions is not None:
-                atomic_write_bytes(Path(save_predictions) / f"{stem}.png", encode_label_png(pred))
+    for stem, label_file, label, pred in iter_predictions(model, cfg, samples, test_size=test_size, keep_ratio=keep_ratio, batch_size=batch_size):
+        try:
+            conf += confusion_matrix(pred, label)
+        except ValueError as exc:
+            raise DataError(f"{label_file}: {exc}") from None
+        if save_predictions is not None:
+            atomic_write_bytes(Path(save_predictions) / f"{stem}.png", encode_label_png(pred))
     seconds = time.perf_counter() - start
     result = {
         "dataset": manifest.get("dataset") or manifest.get("name") or dataset.name,
