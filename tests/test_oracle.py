@@ -149,3 +149,21 @@ def test_upper_bound_table_plans_the_oracle_runs_and_no_diffusion_for_them(tmp_p
 
 
 RENDER_SHA256 = "fe3d658c54e38ea7116273fa4bfae8467ec7c320ec499e02fe8528142078f699"
+
+
+def test_long_segmentation_overlay_changes_only_the_schedule_length(tmp_path):
+    overlay = REPO / "workflow" / "configs" / "long_segmentation.yaml"
+    default = snakemake("-n", "-p", "--cores", "2", "--configfile", str(REPO / "config.yaml"), "--", "results/tables/ablation.md", cwd=tmp_path)
+    longer = snakemake("-n", "-p", "--cores", "2", "--configfile", str(REPO / "config.yaml"), str(overlay), "--", "results/tables/ablation.md", cwd=tmp_path)
+    assert default.returncode == 0 and longer.returncode == 0, default.stderr + longer.stderr
+    assert planned_jobs(default) == planned_jobs(longer)
+
+    def commands(result, rule):
+        lines = (line.removeprefix("Shell command: ") for line in result.stdout.splitlines())
+        return sorted(line for line in lines if line.startswith(f"python -m dginstyle {rule} "))
+
+    train_default, train_longer = commands(default, "train-segmentation"), commands(longer, "train-segmentation")
+    assert len(train_default) == 12 and all("--iterations 2400 " in c and "--checkpoint-interval 800 " in c for c in train_longer)
+    assert [c.replace("--iterations 2400 ", "--iterations 1600 ") for c in train_longer] == train_default
+    for rule in ("finetune-unet", "train-controlnet", "generate"):
+        assert commands(default, rule) and commands(default, rule) == commands(longer, rule)
