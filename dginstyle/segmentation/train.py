@@ -31,7 +31,7 @@ import shutil
 import time
 from pathlib import Path
 
-from dginstyle.io import DataError, atomic_write_json, fresh_staging_dir, replace_dir
+from dginstyle.io import DataError, atomic_write_json, fresh_staging_dir, replace_dir, sha256_file
 from dginstyle.parallel import default_threads
 from dginstyle.segmentation import shade as shade_defaults
 from dginstyle.segmentation.catalog import MODEL_NAMES
@@ -74,20 +74,16 @@ def latest_checkpoint(work_dir: Path) -> Path | None:
 SETTINGS = "settings.json"
 
 
-def _file_sha256(path: Path) -> str | None:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
-
-
 def data_fingerprint(source: Path, generated: list[Path]) -> dict:
     """sha256 of the manifests of the training data: the source's (it lists every label file's
     hash) and each generated shard's (its generator, plan and settings), so that new data under
-    the same paths counts as other settings."""
-    return {
-        "source_manifest": _file_sha256(Path(source) / "manifest.json"),
-        "generated_manifests": [_file_sha256(Path(g) / "manifest.json") for g in generated],
-    }
+    the same paths counts as other settings (None where a folder has no manifest)."""
+
+    def manifest_sha256(folder: Path) -> str | None:
+        manifest = Path(folder) / "manifest.json"
+        return sha256_file(manifest) if manifest.is_file() else None
+
+    return {"source_manifest": manifest_sha256(source), "generated_manifests": [manifest_sha256(g) for g in generated]}
 
 
 def set_aside_stale_checkpoints(work_dir: Path, settings: dict) -> None:
@@ -325,13 +321,16 @@ def train_segmentation(
     # unreadable file stops the run at once; it is copied in when training starts.
     pretrained_state = read_backbone_weights(Path(pretrained)) if pretrained is not None else None
     work_dir.mkdir(parents=True, exist_ok=True)
-    set_aside_stale_checkpoints(work_dir, {
+    # What the run is trained with, but its length: recorded with the checkpoints and in metadata.json.
+    run_settings = {
         "model": model, "batch_size": batch_size, "crop_size_hw": list(crop), "learning_rate": learning_rate,
         "weight_decay": weight_decay, "warmup_iterations": warmup_iterations, "poly_power": poly_power, "seed": seed,
         "pretrained": str(pretrained) if pretrained else None, "source": str(source), "generated": [str(g) for g in generated],
-        "data": data_fingerprint(source, generated), "generated_repeat": generated_repeat,
-        "source_resize_wh": list(source_resize) if source_resize else None,
+        "generated_repeat": generated_repeat, "source_resize_wh": list(source_resize) if source_resize else None,
         "generated_resize_wh": list(generated_resize) if generated_resize else None,
+    }  # fmt: skip
+    set_aside_stale_checkpoints(work_dir, {
+        **run_settings, "data": data_fingerprint(source, generated),
         "feature_distance": None if fd_settings is None else {**fd_settings, "classes": list(fd_settings["classes"])},
         "rare_class_sampling": rcs_settings, "shade": shade_settings,
     })  # fmt: skip
@@ -411,23 +410,12 @@ def train_segmentation(
 
     metadata = {
         "stage": "train-segmentation",
-        "model": model,
+        **run_settings,
         "iterations": iterations,
-        "batch_size": batch_size,
-        "crop_size_hw": list(crop),
-        "learning_rate": learning_rate,
         "head_lr_mult": 10.0,
-        "weight_decay": weight_decay,
-        "warmup_iterations": warmup_iterations,
-        "poly_power": poly_power,
-        "seed": seed,
         "threads": threads,
-        "pretrained": str(pretrained) if pretrained else None,
-        "source": str(source),
-        "generated": [str(g) for g in generated],
         "source_samples": n_source,
         "generated_samples": n_generated,
-        "generated_repeat": generated_repeat,
         # The share of an epoch's samples that are generated pairs (0 for source-only).
         "generated_share": round(generated_repeat * n_generated / max(n_source + generated_repeat * n_generated, 1), 4),
         "mix": "ConcatDataset of source train + generated pairs ("
@@ -440,8 +428,6 @@ def train_segmentation(
             "basis_refreshes": sh.refreshes, "styles_collected_this_process": shade_hook.collected,
             "basis_size": int(sh.basis_mean.shape[0]) if sh.basis_mean is not None else None,
         },  # fmt: skip
-        "source_resize_wh": list(source_resize) if source_resize else None,
-        "generated_resize_wh": list(generated_resize) if generated_resize else None,
         "resumed_from": str(resume_from) if resume_from else None,
         "resumed_at_iteration": start_iter,
         "seconds_this_process": round(seconds, 3),
