@@ -24,12 +24,12 @@ RESULT = REPO / "results" / "benchmarks" / "prior_quality.json"
 TIMESTEPS = (50, 200, 400, 600, 800, 950)
 
 
-def held_out_corpus(count: int, folder: Path) -> tuple:
+def held_out_corpus(count: int, folder: Path, thin_objects_px: float = 0.0) -> tuple:
     """uint8 images [N,3,64,128] and captions of `count` prior-domain renders of world seed 7."""
     from dginstyle.data.prepare import prepare
     from dginstyle.diffusion.prior import load_corpus
 
-    prepare(fmt="minicity", out=folder, splits=f"train={count}", domain="prior", seed=7, size="128x64", workers=1)
+    prepare(fmt="minicity", out=folder, splits=f"train={count}", domain="prior", seed=7, size="128x64", workers=1, thin_objects_px=thin_objects_px)
     images, captions, _ = load_corpus(folder)
     return images, captions
 
@@ -69,10 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prior", action="append", required=True, help="NAME=FOLDER of a prior pipeline folder (repeatable)")
     parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--thin-objects-px", type=float, default=0.0, help="draw the held-out images with this thin-object minimum (as the corpus)")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
-        images, captions = held_out_corpus(args.images, Path(tmp) / "held_out")
+        images, captions = held_out_corpus(args.images, Path(tmp) / "held_out", args.thin_objects_px)
     results = {}
     for item in args.prior:
         name, _, folder = item.partition("=")
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name} ({r['prediction_type']}): x0 MSE mean {r['mean']:.4f} (mean predictor {r['mean_predictor']:.4f})  "
               + "  ".join(f"t={t}: {v:.4f}" for t, v in r["x0_mse_per_timestep"].items()))
     RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps({"held_out": {"domain": "prior", "world_seed": 7, "images": args.images}, "priors": results}, indent=2))
+    RESULT.write_text(json.dumps({"held_out": {"domain": "prior", "world_seed": 7, "images": args.images, "thin_objects_px": args.thin_objects_px}, "priors": results}, indent=2))
     print(f"wrote {RESULT}")
     return 0
 

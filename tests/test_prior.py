@@ -408,3 +408,10 @@ def test_ship_prior_records_every_command_and_the_taken_vae(tiny_run, corpus, tm
     vae_hash = hashlib.sha256((root / "out" / "vae" / "diffusion_pytorch_model.safetensors").read_bytes()).hexdigest()
     assert f"taken unchanged (`--vae-from`) from the prior whose VAE weights have sha256 `{vae_hash}`" in readme
     assert "predicting v_prediction" in readme
+    # The corpus's prepare command is the recorded corpus's, thin-object minimum included.
+    assert "prepare minicity --domain prior --splits train=16 --seed 0 --size 32x32 --out results/datasets/corpus --workers 2\n" in readme
+    meta_path = tmp_path / "out" / "dginstyle.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "corpus": {**meta["corpus"], "thin_objects_px": 3.0}}))
+    thin = prior.ship_prior(tmp_path / "out", "train", dest=tmp_path / "shipped_thin")
+    assert "--out results/datasets/corpus --workers 2 --thin-objects-px 3\n" in (thin / "README.md").read_text()

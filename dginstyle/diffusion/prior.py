@@ -840,6 +840,11 @@ def ship_prior(pipeline: Path, command: str | list[str], samples: Path | None = 
                          f"--size {extra_size.get('width')}x{extra_size.get('height')} --out results/datasets/{extra.get('dataset')} --workers 2"]
         extra_record = [f"- the VAE also reconstructs {extra.get('dataset')} ({extra.get('images')} {extra.get('domain')} images, labels unused); "
                         "the text encoder and UNet never see them"]
+    corpus, corpus_size = meta.get("corpus") or {}, (meta.get("corpus") or {}).get("size") or {}
+    thin = float(corpus.get("thin_objects_px") or 0)
+    corpus_prepare = (f"python -m dginstyle prepare minicity --domain prior --splits train={corpus.get('images')} --seed {corpus.get('seed')} "
+                      f"--size {corpus_size.get('width')}x{corpus_size.get('height')} --out results/datasets/{corpus.get('dataset')} --workers 2"
+                      + (f" --thin-objects-px {thin:g}" if thin else ""))
     lines = [
         "# The shipped miniature-world prior",
         "",
@@ -852,7 +857,7 @@ def ship_prior(pipeline: Path, command: str | list[str], samples: Path | None = 
         "## Reproduce",
         "",
         "```",
-        "python -m dginstyle prepare minicity --domain prior --splits train=2000 --seed 0 --size 128x64 --out results/datasets/mini_prior --workers 2",
+        corpus_prepare,
         *extra_prepare,
         *commands,
         "```",
