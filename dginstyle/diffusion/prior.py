@@ -809,6 +809,15 @@ def export_shipped(pipeline: Path, dest: Path, half: bool = True) -> dict[str, s
     return sums
 
 
+def corpus_prepare_command(record: dict, domain: str) -> str:
+    """The `prepare` command that redraws a corpus from its training record (thin-object minimum included)."""
+    size = record.get("size") or {}
+    thin = _thin_objects(record).get("thin_objects_px")
+    return (f"python -m dginstyle prepare minicity --domain {domain} --splits train={record.get('images')} --seed {record.get('seed')} "
+            f"--size {size.get('width')}x{size.get('height')} --out results/datasets/{record.get('dataset')} --workers 2"
+            + (f" --thin-objects-px {thin:g}" if thin else ""))
+
+
 def ship_prior(pipeline: Path, command: str | list[str], samples: Path | None = None, dest: Path | None = None) -> Path:
     """Export a trained prior into the package assets: fp16 weights, SHA256SUMS, README.md, samples.png.
 
@@ -835,16 +844,9 @@ def ship_prior(pipeline: Path, command: str | list[str], samples: Path | None = 
     extra = meta.get("vae_extra_corpus")
     extra_prepare, extra_record = [], []
     if extra:
-        extra_size = extra.get("size") or {}
-        extra_prepare = [f"python -m dginstyle prepare minicity --domain {extra.get('domain')} --splits train={extra.get('images')} --seed {extra.get('seed')} "
-                         f"--size {extra_size.get('width')}x{extra_size.get('height')} --out results/datasets/{extra.get('dataset')} --workers 2"]
+        extra_prepare = [corpus_prepare_command(extra, extra.get("domain"))]
         extra_record = [f"- the VAE also reconstructs {extra.get('dataset')} ({extra.get('images')} {extra.get('domain')} images, labels unused); "
                         "the text encoder and UNet never see them"]
-    corpus, corpus_size = meta.get("corpus") or {}, (meta.get("corpus") or {}).get("size") or {}
-    thin = float(corpus.get("thin_objects_px") or 0)
-    corpus_prepare = (f"python -m dginstyle prepare minicity --domain prior --splits train={corpus.get('images')} --seed {corpus.get('seed')} "
-                      f"--size {corpus_size.get('width')}x{corpus_size.get('height')} --out results/datasets/{corpus.get('dataset')} --workers 2"
-                      + (f" --thin-objects-px {thin:g}" if thin else ""))
     lines = [
         "# The shipped miniature-world prior",
         "",
@@ -857,7 +859,7 @@ def ship_prior(pipeline: Path, command: str | list[str], samples: Path | None = 
         "## Reproduce",
         "",
         "```",
-        corpus_prepare,
+        corpus_prepare_command(meta.get("corpus") or {}, "prior"),
         *extra_prepare,
         *commands,
         "```",
