@@ -167,3 +167,23 @@ def test_long_segmentation_overlay_changes_only_the_schedule_length(tmp_path):
     assert [c.replace("--iterations 2400 ", "--iterations 1600 ") for c in train_longer] == train_default
     for rule in ("finetune-unet", "train-controlnet", "generate"):
         assert commands(default, rule) and commands(default, rule) == commands(longer, rule)
+
+
+def test_segmenter_2x_overlay_upsamples_every_image_and_reuses_the_generated_sets(tmp_path):
+    overlay = REPO / "workflow" / "configs" / "segmenter_2x.yaml"
+    default = snakemake("-n", "-p", "--cores", "2", "--configfile", str(REPO / "config.yaml"), "--", "results/tables/ablation.md", cwd=tmp_path)
+    twice = snakemake("-n", "-p", "--cores", "2", "--configfile", str(REPO / "config.yaml"), str(overlay), "--", "results/tables/ablation_2x.md", cwd=tmp_path)
+    assert default.returncode == 0 and twice.returncode == 0, default.stderr + twice.stderr
+    assert planned_jobs(default) == planned_jobs(twice)  # the same runs, each at 2x
+
+    def commands(result, rule):
+        lines = (line.removeprefix("Shell command: ") for line in result.stdout.splitlines())
+        return sorted(line.split(" > ")[0] for line in lines if line.startswith(f"python -m dginstyle {rule} "))
+
+    train = commands(twice, "train-segmentation")
+    assert len(train) == 12 and all("--source-resize 256x128 --generated-resize 128x128" in c and "--crop-size 64 " in c for c in train)
+    evaluate = commands(twice, "evaluate")
+    assert len(evaluate) == 60 and all(c.endswith("--test-size 256x128") for c in evaluate)
+    assert not any("--test-size" in c for c in commands(default, "evaluate"))
+    for rule in ("finetune-unet", "train-controlnet", "generate"):  # the default run's generator and sets
+        assert commands(default, rule) and commands(default, rule) == commands(twice, rule)
