@@ -90,6 +90,12 @@ def _kill_during(stage: str, delay: float, whole_group: bool, cwd: Path) -> dict
             os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         alive = False
+    if not alive and not whole_group and proc.poll() is None:
+        # The job had ended before the kill (the machine ran faster than in the reference run):
+        # stop this invocation too, or it runs the rest of the DAG and leaves later stages
+        # nothing to kill. It then counts as a whole-group kill.
+        os.killpg(proc.pid, signal.SIGKILL)
+        whole_group = True
     output = proc.communicate(timeout=600)[0]
     if whole_group:
         assert proc.returncode == -signal.SIGKILL
