@@ -333,3 +333,19 @@ def test_smoke_dag_is_deterministic_and_the_seed_matters(smoke_run, tmp_path):
     result = snakemake(plan, "--cores", "2", "--configfile", str(reseeded), cwd=other)  # --configfile takes several values
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (other / plan).read_bytes() != (smoke_run / plan).read_bytes()
+
+
+def test_adding_a_seed_trains_only_the_new_seed(smoke_run, tmp_path):
+    """`segmentation.seeds` says which runs exist, not how one trains: a dry run with another seed
+    added plans that seed's training and evaluations and leaves the finished seed-0 runs alone
+    (the seed list was once a param of every training, so adding a seed retrained them all)."""
+    config = yaml.safe_load(SMOKE.read_text())
+    assert config["segmentation"]["seeds"] == [0]
+    config["segmentation"]["seeds"] = [0, 1]
+    more_seeds = write_config(tmp_path / "more_seeds.yaml", config)
+    runs = [f"results/segmentation/source_only/seed{s}" for s in (0, 1)]
+    result = snakemake(*runs, "-n", "--cores", "1", "--configfile", str(more_seeds), cwd=smoke_run)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert planned_jobs(result) == {"train_segmentation": 1, "total": 1}, result.stdout[-3000:]
+    assert "results/segmentation/source_only/seed1" in result.stdout
+    assert "output: results/segmentation/source_only/seed0" not in result.stdout

@@ -274,8 +274,10 @@ def quality_control_segmenter(wildcards):
 # The segmentation settings every experiment shares. An experiment's model (and so its
 # pretrained backbone), its resolution (crop, resizes), its feature distance / rare class
 # sampling / SHADE settings are its own, flags of its own (segmentation_options), so changing
-# one reruns the experiments it applies to only.
+# one reruns the experiments it applies to only. `seeds` is which runs exist, not how one trains
+# (each run's seed is its wildcard): adding a seed must not rerun the others.
 SEGMENTATION_OWN = (
+    "seeds",
     "model",
     "pretrained",
     "crop_size",
