@@ -148,6 +148,12 @@ def test_upper_bound_table_plans_the_oracle_runs_and_no_diffusion_for_them(tmp_p
     assert "generators/oracle" not in result.stdout
 
 
+def commands(result, rule: str) -> list[str]:
+    """The shell commands a dry run (-p) printed for one CLI stage, sorted, without their log redirect."""
+    lines = (line.removeprefix("Shell command: ") for line in result.stdout.splitlines())
+    return sorted(line.split(" > ")[0] for line in lines if line.startswith(f"python -m dginstyle {rule} "))
+
+
 RENDER_SHA256 = "fe3d658c54e38ea7116273fa4bfae8467ec7c320ec499e02fe8528142078f699"
 
 
@@ -157,10 +163,6 @@ def test_long_segmentation_overlay_changes_only_the_schedule_length(tmp_path):
     longer = snakemake("-n", "-p", "--cores", "2", "--configfile", str(REPO / "config.yaml"), str(overlay), "--", "results/tables/ablation.md", cwd=tmp_path)
     assert default.returncode == 0 and longer.returncode == 0, default.stderr + longer.stderr
     assert planned_jobs(default) == planned_jobs(longer)
-
-    def commands(result, rule):
-        lines = (line.removeprefix("Shell command: ") for line in result.stdout.splitlines())
-        return sorted(line for line in lines if line.startswith(f"python -m dginstyle {rule} "))
 
     train_default, train_longer = commands(default, "train-segmentation"), commands(longer, "train-segmentation")
     assert len(train_default) == 12 and all("--iterations 2400 " in c and "--checkpoint-interval 800 " in c for c in train_longer)
@@ -176,10 +178,6 @@ def test_segmenter_2x_overlay_upsamples_every_image_and_reuses_the_generated_set
     assert default.returncode == 0 and twice.returncode == 0, default.stderr + twice.stderr
     assert planned_jobs(default) == planned_jobs(twice)  # the same runs, each at 2x
 
-    def commands(result, rule):
-        lines = (line.removeprefix("Shell command: ") for line in result.stdout.splitlines())
-        return sorted(line.split(" > ")[0] for line in lines if line.startswith(f"python -m dginstyle {rule} "))
-
     train = commands(twice, "train-segmentation")
     assert len(train) == 12 and all("--source-resize 256x128 --generated-resize 128x128" in c and "--crop-size 64 " in c for c in train)
     evaluate = commands(twice, "evaluate")
@@ -187,3 +185,21 @@ def test_segmenter_2x_overlay_upsamples_every_image_and_reuses_the_generated_set
     assert not any("--test-size" in c for c in commands(default, "evaluate"))
     for rule in ("finetune-unet", "train-controlnet", "generate"):  # the default run's generator and sets
         assert commands(default, rule) and commands(default, rule) == commands(twice, rule)
+
+
+def test_segmenter_os2_overlay_changes_only_the_model_and_reuses_the_generated_sets(tmp_path):
+    overlay = REPO / "workflow" / "configs" / "segmenter_os2.yaml"
+    default = snakemake("-n", "-p", "--cores", "2", "--configfile", str(REPO / "config.yaml"), "--", "results/tables/ablation.md", cwd=tmp_path)
+    os2 = snakemake("-n", "-p", "--cores", "2", "--configfile", str(REPO / "config.yaml"), str(overlay), "--", "results/tables/ablation_os2.md", cwd=tmp_path)
+    assert default.returncode == 0 and os2.returncode == 0, default.stderr + os2.stderr
+    assert planned_jobs(default) == planned_jobs(os2)  # the same runs, each with the stride-2 model
+    train_default, train_os2 = commands(default, "train-segmentation"), commands(os2, "train-segmentation")
+    assert len(train_os2) == 12 and all("--model daformer_tiny_os2 " in c for c in train_os2)
+    renamed = sorted(c.replace("--model daformer_tiny_os2 ", "--model daformer_tiny ").replace("_os2/", "/") for c in train_os2)
+    assert renamed == train_default  # same data, crops, schedule and seeds
+    assert len(commands(os2, "evaluate")) == 60
+    for rule in ("finetune-unet", "train-controlnet", "generate"):  # the default run's generator and sets
+        assert commands(default, rule) and commands(default, rule) == commands(os2, rule)
+    per_class = snakemake("-n", "--cores", "2", "--configfile", str(REPO / "config.yaml"), str(overlay), "--", "results/tables/per_class_os2.md", cwd=tmp_path)
+    assert per_class.returncode == 0, per_class.stderr
+    assert planned_jobs(per_class)["render_oracle"] == 2  # the perfect generator's row: rendered, not diffused

@@ -21,7 +21,7 @@ from dginstyle.labels import NUM_CLASSES  # noqa: E402
 from dginstyle.segmentation.catalog import BACKBONES, DEEPLABV2_DILATIONS, MODEL_NAMES, MODELS_  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = ["daformer_tiny", "deeplabv2_tiny", "segformer_tiny"]
+TINY = ["daformer_tiny", "deeplabv2_tiny", "segformer_tiny", "daformer_tiny_os2"]
 CROP = (32, 32)
 
 
@@ -91,10 +91,10 @@ def test_every_model_is_in_the_schema_and_the_cli():
     schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())["properties"]
     assert schema["segmentation"]["properties"]["model"]["enum"] == list(MODEL_NAMES)
     assert schema["experiments"]["additionalProperties"]["properties"]["model"]["enum"] == list(MODEL_NAMES)
-    assert set(MODEL_NAMES) == {"daformer_mitb5", "daformer_tiny", "deeplabv2_r101", "deeplabv2_tiny", "segformer_mitb5", "segformer_tiny",
+    assert set(MODEL_NAMES) == {"daformer_mitb5", "daformer_tiny", "daformer_tiny_os2", "deeplabv2_r101", "deeplabv2_tiny", "segformer_mitb5", "segformer_tiny",
                                 "hrda_daformer_mitb5", "hrda_daformer_tiny", "hrda_deeplabv2_r101", "hrda_deeplabv2_tiny"}  # fmt: skip
     # a tiny variant shares its paper model's backbone class and head
-    pairs = [("daformer_tiny", "daformer_mitb5"), ("deeplabv2_tiny", "deeplabv2_r101"), ("segformer_tiny", "segformer_mitb5")]
+    pairs = [("daformer_tiny", "daformer_mitb5"), ("daformer_tiny_os2", "daformer_mitb5"), ("deeplabv2_tiny", "deeplabv2_r101"), ("segformer_tiny", "segformer_mitb5")]
     for tiny, paper in pairs + [("hrda_daformer_tiny", "hrda_daformer_mitb5"), ("hrda_deeplabv2_tiny", "hrda_deeplabv2_r101")]:
         assert MODELS_[tiny]["head"] == MODELS_[paper]["head"]
         assert BACKBONES[MODELS_[tiny]["backbone"]]["kind"] == BACKBONES[MODELS_[paper]["backbone"]]["kind"]
@@ -134,7 +134,8 @@ def test_tiny_model_trains_one_step(registry, name):
     model.eval()
     with torch.no_grad():
         out = model(inputs, mode="tensor")
-    stride = 8 if name.startswith("deeplabv2") else 4  # ResNetV1c dilated: output stride 8; MiT heads at stride 4
+    # ResNetV1c dilated: output stride 8; MiT heads at stride 4, or 2 with the stride-2 patch embedding
+    stride = 8 if name.startswith("deeplabv2") else 2 if name.endswith("_os2") else 4
     assert out.shape == (2, NUM_CLASSES, 64 // stride, 64 // stride)
 
 

@@ -20,6 +20,10 @@ BACKBONES = {
     # reduction is a conv with kernel = stride = ratio, so (8, 4, 2, 1) needs inputs of at least
     # 32 px, and the tiny HRDA's context inputs are 16 px (a 32 px crop or window at scale 0.5)
     "mit_tiny_sr4": dict(kind="mit", embed_dims=16, num_layers=[1, 1, 1, 1], num_heads=[1, 2, 5, 8], sr_ratios=[4, 2, 1, 1]),
+    # mit_tiny with a stride-2 patch embedding in stage 1 (strides 2, 2, 2, 2 instead of 4, 2, 2,
+    # 2): output stride 2, for the miniature world's 1-4 px poles, lights and signs, which a
+    # stride-4 head sees as a fraction of one output cell
+    "mit_tiny_os2": dict(kind="mit", embed_dims=16, num_layers=[1, 1, 1, 1], num_heads=[1, 2, 5, 8], strides=[2, 2, 2, 2]),
     "resnet101_v1c": dict(kind="resnet", depth=101, stem_channels=64, base_channels=64),
     # depth 50 keeps the Bottleneck blocks of ResNet-101 (depth 18/34 would switch to BasicBlock)
     "resnet_tiny_v1c": dict(kind="resnet", depth=50, stem_channels=16, base_channels=8),
@@ -31,6 +35,7 @@ BACKBONES = {
 MODELS_ = {
     "daformer_mitb5": dict(backbone="mit_b5", head="daformer", head_channels=256),
     "daformer_tiny": dict(backbone="mit_tiny", head="daformer", head_channels=32),
+    "daformer_tiny_os2": dict(backbone="mit_tiny_os2", head="daformer", head_channels=32),
     "deeplabv2_r101": dict(backbone="resnet101_v1c", head="deeplabv2", head_channels=None),
     "deeplabv2_tiny": dict(backbone="resnet_tiny_v1c", head="deeplabv2", head_channels=None),
     "segformer_mitb5": dict(backbone="mit_b5", head="segformer", head_channels=768),

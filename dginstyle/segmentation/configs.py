@@ -34,6 +34,7 @@ def _backbone_config(name: str, drop_path_rate: float, norm_cfg: dict) -> tuple[
             num_layers=list(b["num_layers"]),
             num_heads=list(b["num_heads"]),
             patch_sizes=[7, 3, 3, 3],
+            strides=list(b.get("strides", [4, 2, 2, 2])),
             sr_ratios=list(b.get("sr_ratios", [8, 4, 2, 1])),
             out_indices=(0, 1, 2, 3),
             mlp_ratio=4,
