@@ -154,52 +154,46 @@ def commands(result, rule: str) -> list[str]:
     return sorted(line.split(" > ")[0] for line in lines if line.startswith(f"python -m dginstyle {rule} "))
 
 
+def default_and_overlay_plans(tmp_path, overlay: str, table: str):
+    """Dry runs (-p) of the default ablation table and of an overlay's `table`; both must plan
+    the same jobs (an overlay changes how each run trains, not which runs exist)."""
+    config = str(REPO / "config.yaml")
+    default = snakemake("-n", "-p", "--cores", "2", "--configfile", config, "--", "results/tables/ablation.md", cwd=tmp_path)
+    other = snakemake("-n", "-p", "--cores", "2", "--configfile", config, str(REPO / "workflow" / "configs" / overlay), "--", f"results/tables/{table}.md", cwd=tmp_path)
+    assert default.returncode == 0 and other.returncode == 0, default.stderr + other.stderr
+    assert planned_jobs(default) == planned_jobs(other)
+    for rule in ("finetune-unet", "train-controlnet", "generate"):  # the default run's generator and generated sets
+        assert commands(default, rule) and commands(default, rule) == commands(other, rule)
+    return default, other
+
+
 RENDER_SHA256 = "fe3d658c54e38ea7116273fa4bfae8467ec7c320ec499e02fe8528142078f699"
 
 
 def test_long_segmentation_overlay_changes_only_the_schedule_length(tmp_path):
-    overlay = REPO / "workflow" / "configs" / "long_segmentation.yaml"
-    default = snakemake("-n", "-p", "--cores", "2", "--configfile", str(REPO / "config.yaml"), "--", "results/tables/ablation.md", cwd=tmp_path)
-    longer = snakemake("-n", "-p", "--cores", "2", "--configfile", str(REPO / "config.yaml"), str(overlay), "--", "results/tables/ablation.md", cwd=tmp_path)
-    assert default.returncode == 0 and longer.returncode == 0, default.stderr + longer.stderr
-    assert planned_jobs(default) == planned_jobs(longer)
-
+    default, longer = default_and_overlay_plans(tmp_path, "long_segmentation.yaml", "ablation")
     train_default, train_longer = commands(default, "train-segmentation"), commands(longer, "train-segmentation")
     assert len(train_default) == 12 and all("--iterations 2400 " in c and "--checkpoint-interval 800 " in c for c in train_longer)
     assert [c.replace("--iterations 2400 ", "--iterations 1600 ") for c in train_longer] == train_default
-    for rule in ("finetune-unet", "train-controlnet", "generate"):
-        assert commands(default, rule) and commands(default, rule) == commands(longer, rule)
 
 
 def test_segmenter_2x_overlay_upsamples_every_image_and_reuses_the_generated_sets(tmp_path):
-    overlay = REPO / "workflow" / "configs" / "segmenter_2x.yaml"
-    default = snakemake("-n", "-p", "--cores", "2", "--configfile", str(REPO / "config.yaml"), "--", "results/tables/ablation.md", cwd=tmp_path)
-    twice = snakemake("-n", "-p", "--cores", "2", "--configfile", str(REPO / "config.yaml"), str(overlay), "--", "results/tables/ablation_2x.md", cwd=tmp_path)
-    assert default.returncode == 0 and twice.returncode == 0, default.stderr + twice.stderr
-    assert planned_jobs(default) == planned_jobs(twice)  # the same runs, each at 2x
-
+    default, twice = default_and_overlay_plans(tmp_path, "segmenter_2x.yaml", "ablation_2x")  # the same runs, each at 2x
     train = commands(twice, "train-segmentation")
     assert len(train) == 12 and all("--source-resize 256x128 --generated-resize 128x128" in c and "--crop-size 64 " in c for c in train)
     evaluate = commands(twice, "evaluate")
     assert len(evaluate) == 60 and all(c.endswith("--test-size 256x128") for c in evaluate)
     assert not any("--test-size" in c for c in commands(default, "evaluate"))
-    for rule in ("finetune-unet", "train-controlnet", "generate"):  # the default run's generator and sets
-        assert commands(default, rule) and commands(default, rule) == commands(twice, rule)
 
 
 def test_segmenter_os2_overlay_changes_only_the_model_and_reuses_the_generated_sets(tmp_path):
-    overlay = REPO / "workflow" / "configs" / "segmenter_os2.yaml"
-    default = snakemake("-n", "-p", "--cores", "2", "--configfile", str(REPO / "config.yaml"), "--", "results/tables/ablation.md", cwd=tmp_path)
-    os2 = snakemake("-n", "-p", "--cores", "2", "--configfile", str(REPO / "config.yaml"), str(overlay), "--", "results/tables/ablation_os2.md", cwd=tmp_path)
-    assert default.returncode == 0 and os2.returncode == 0, default.stderr + os2.stderr
-    assert planned_jobs(default) == planned_jobs(os2)  # the same runs, each with the stride-2 model
+    default, os2 = default_and_overlay_plans(tmp_path, "segmenter_os2.yaml", "ablation_os2")  # each run with the stride-2 model
     train_default, train_os2 = commands(default, "train-segmentation"), commands(os2, "train-segmentation")
     assert len(train_os2) == 12 and all("--model daformer_tiny_os2 " in c for c in train_os2)
     renamed = sorted(c.replace("--model daformer_tiny_os2 ", "--model daformer_tiny ").replace("_os2/", "/") for c in train_os2)
     assert renamed == train_default  # same data, crops, schedule and seeds
     assert len(commands(os2, "evaluate")) == 60
-    for rule in ("finetune-unet", "train-controlnet", "generate"):  # the default run's generator and sets
-        assert commands(default, rule) and commands(default, rule) == commands(os2, rule)
+    overlay = REPO / "workflow" / "configs" / "segmenter_os2.yaml"
     per_class = snakemake("-n", "--cores", "2", "--configfile", str(REPO / "config.yaml"), str(overlay), "--", "results/tables/per_class_os2.md", cwd=tmp_path)
     assert per_class.returncode == 0, per_class.stderr
     assert planned_jobs(per_class)["render_oracle"] == 2  # the perfect generator's row: rendered, not diffused

@@ -42,8 +42,9 @@ def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
             continue
         if in_table and len(parts) == 2 and parts[1].isdigit():
             counts[parts[0]] = int(parts[1])
+            in_table = parts[0] != "total"  # the table ends with its total (lines like "jobid: 3" follow)
         elif in_table and parts and not parts[0].startswith("-"):
-            in_table = parts[0] != "total" and in_table
+            in_table = False
     return counts
 
 
@@ -338,11 +339,14 @@ def test_smoke_dag_is_deterministic_and_the_seed_matters(smoke_run, tmp_path):
 def test_adding_a_seed_trains_only_the_new_seed(smoke_run, tmp_path):
     """`segmentation.seeds` says which runs exist, not how one trains: a dry run with another seed
     added plans that seed's training and evaluations and leaves the finished seed-0 runs alone
-    (the seed list was once a param of every training, so adding a seed retrained them all)."""
+    (the seed list was once a param of every training, so adding a seed retrained them all).
+    The rewritten file also has its keys in another order (yaml.safe_dump sorts them): the same
+    settings in another order must not rerun anything either (rules take sorted `settings`)."""
     config = yaml.safe_load(SMOKE.read_text())
     assert config["segmentation"]["seeds"] == [0]
     config["segmentation"]["seeds"] = [0, 1]
     more_seeds = write_config(tmp_path / "more_seeds.yaml", config)
+    assert list(config["segmentation"]) != sorted(config["segmentation"])  # the smoke file's own order
     runs = [f"results/segmentation/source_only/seed{s}" for s in (0, 1)]
     result = snakemake(*runs, "-n", "--cores", "1", "--configfile", str(more_seeds), cwd=smoke_run)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

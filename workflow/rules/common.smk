@@ -43,6 +43,17 @@ except ConfigError as error:
     raise WorkflowError(f"invalid config: {error}") from None
 
 
+def settings(section):
+    """A config section as a rule's params value, its keys sorted at every level: Snakemake
+    compares params in order, so the same settings written in another key order (a config
+    file rewritten by a tool) must not rerun the jobs that use them."""
+    if isinstance(section, dict):
+        return {key: settings(section[key]) for key in sorted(section)}
+    if isinstance(section, list):
+        return [settings(value) for value in section]
+    return section
+
+
 DATASETS = used_datasets(config)
 
 
@@ -300,11 +311,13 @@ SEGMENTATION_OWN = (
     "shade_style_consistency_weight",
     "shade_retrospection_weight",
 )
-SEGMENTATION_SHARED = {
-    key: value
-    for key, value in config["segmentation"].items()
-    if key not in SEGMENTATION_OWN
-}
+SEGMENTATION_SHARED = settings(
+    {
+        key: value
+        for key, value in config["segmentation"].items()
+        if key not in SEGMENTATION_OWN
+    }
+)
 
 
 def experiment_model(wildcards):

@@ -18,7 +18,7 @@ rule select_layouts:
         mem_mb=4000,
         runtime=30,
     params:
-        hp=config["generation"],
+        hp=settings(config["generation"]),
         rcs_temperature=config["controlnet"]["rcs_temperature"],
         rcs_min_pixels=config["controlnet"]["rcs_min_pixels"],
         weather=weather_schedule_argument,
@@ -64,7 +64,7 @@ rule generate:
         runtime=1440,
         gpu=1,
     params:
-        hp=config["generation"],
+        hp=settings(config["generation"]),
         mode=generated_set_mode,
     shell:
         "python -m dginstyle generate --generator {input.generator} --plan {input.plan}"

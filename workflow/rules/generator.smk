@@ -60,7 +60,7 @@ rule finetune_unet:
         gpu=1,
     params:
         prior=prior_argument,
-        hp=config["finetune_unet"],
+        hp=settings(config["finetune_unet"]),
         ratios=",".join(str(r) for r in config["finetune_unet"]["resize_ratios"]),
         checkpointing=(
             "--gradient-checkpointing"
@@ -101,7 +101,7 @@ rule train_controlnet:
         gpu=1,
     params:
         prior=prior_argument,
-        hp=config["controlnet"],
+        hp=settings(config["controlnet"]),
         checkpoints="results/checkpoints/train_controlnet",
     shell:
         "python -m dginstyle train-controlnet --prior {params.prior} --unet {input.unet}"

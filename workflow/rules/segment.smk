@@ -82,7 +82,7 @@ rule quality_control:
         runtime=120,
         gpu=1,
     params:
-        hp=config["quality_control"],
+        hp=settings(config["quality_control"]),
     shell:
         "python -m dginstyle quality-control --shard {input.shard} --run {input.segmenter}"
         " --out {output} --mode {params.hp[mode]} --threshold {params.hp[threshold]} > {log} 2>&1"
