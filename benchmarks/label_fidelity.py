@@ -10,6 +10,15 @@ classes present, pixel accuracy, and IoU of the small classes (pole, traffic lig
 sign). The `oracle` set, whose images are exact renders of their labels, is the ceiling a
 perfectly faithful generator reaches with this judge; the judge's own source images would be
 another. Writes results/benchmarks/label_fidelity.json (in the repository).
+
+    python benchmarks/label_fidelity.py --workdir DIR --judge RUN --sets oracle \
+        --vae-round-trip DIR/results/generator/prior --scales 1,2
+
+also scores each set's images after a round trip through the prior's VAE at each scale
+(Lanczos up by the scale, encode to the posterior mean, decode, Lanczos back down): what the
+codec alone costs an image decoded at crop size (a plain sample, scale 1) and at MRLF's
+pass-2 size (scale 2). On the perfect generator's renders this is the part of MRLF's benefit
+that comes from decoding at high resolution, whatever the UNet draws.
 """
 
 from __future__ import annotations
@@ -51,11 +60,44 @@ def score_set(model, cfg, shards: list[Path]) -> dict:
     }
 
 
+def vae_round_trip(vae, shards: list[Path], scale: int, out: Path) -> Path:
+    """Write every image of `shards` through the VAE at `scale` into one shard folder `out`."""
+    import shutil
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from dginstyle.segmentation.datasets import generated_samples
+
+    (out / "images").mkdir(parents=True)
+    (out / "labels").mkdir()
+    rows = []
+    for shard in shards:
+        for pair_id, image_path, label_path in generated_samples(shard):
+            image = Image.open(image_path).convert("RGB")
+            width, height = image.size
+            big = image.resize((width * scale, height * scale), Image.LANCZOS) if scale > 1 else image
+            x = torch.from_numpy(np.array(big)).permute(2, 0, 1)[None].float() / 127.5 - 1
+            with torch.no_grad():
+                y = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
+            decoded = Image.fromarray(((y[0].permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8))
+            if scale > 1:
+                decoded = decoded.resize((width, height), Image.LANCZOS)
+            decoded.save(out / "images" / f"{pair_id}.png")
+            shutil.copyfile(label_path, out / "labels" / f"{pair_id}.png")
+            rows.append(json.dumps({"id": pair_id}))
+    (out / "pairs.jsonl").write_text("\n".join(rows) + "\n")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, required=True, help="a finished run's folder (results/generated/<set>/shard*)")
     parser.add_argument("--judge", type=Path, required=True, help="segmentation run folder that judges (relative to --workdir or absolute)")
     parser.add_argument("--sets", default=None, help="comma-separated generated sets (default: every set under results/generated)")
+    parser.add_argument("--vae-round-trip", type=Path, default=None, metavar="PRIOR", help="a diffusers pipeline folder whose vae/ re-encodes each set (see above)")
+    parser.add_argument("--scales", default="1,2", help="round-trip scales (with --vae-round-trip)")
     parser.add_argument("--out", type=Path, default=RESULT)
     args = parser.parse_args()
 
@@ -77,8 +119,20 @@ def main() -> None:
             raise SystemExit(f"{generated / name}: no shards")
         sets[name] = score_set(model, cfg, shards)
         print(f"{name:>12}: mIoU {sets[name]['mIoU']:.2f}  aAcc {sets[name]['aAcc']}  small {sets[name]['small_class_IoU']}  ({sets[name]['pairs']} pairs)")
+        if args.vae_round_trip:
+            import tempfile
+
+            from diffusers import AutoencoderKL
+
+            vae = AutoencoderKL.from_pretrained(args.vae_round_trip / "vae").eval()
+            for scale in (int(v) for v in args.scales.split(",")):
+                key = f"{name} via VAE x{scale}"
+                with tempfile.TemporaryDirectory() as tmp:
+                    sets[key] = score_set(model, cfg, [vae_round_trip(vae, shards, scale, Path(tmp) / "shard0")])
+                print(f"{key:>12}: mIoU {sets[key]['mIoU']:.2f}  aAcc {sets[key]['aAcc']}  small {sets[key]['small_class_IoU']}")
     result = {
         "judge": str(args.judge),
+        "vae_round_trip": None if args.vae_round_trip is None else {"prior": str(args.vae_round_trip), "scales": args.scales},
         "workdir": str(args.workdir),
         "what": "judge's prediction of each generated image scored against the label it was generated from (percent; mIoU over the classes present)",
         "sets": sets,
