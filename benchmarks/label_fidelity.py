@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -68,6 +69,8 @@ def vae_round_trip(vae, shards: list[Path], scale: int, out: Path) -> Path:
     import torch
     from PIL import Image
 
+    from dginstyle.diffusion.mrlf import lanczos
+    from dginstyle.io import read_rgb
     from dginstyle.segmentation.datasets import generated_samples
 
     (out / "images").mkdir(parents=True)
@@ -75,16 +78,13 @@ def vae_round_trip(vae, shards: list[Path], scale: int, out: Path) -> Path:
     rows = []
     for shard in shards:
         for pair_id, image_path, label_path in generated_samples(shard):
-            image = Image.open(image_path).convert("RGB")
-            width, height = image.size
-            big = image.resize((width * scale, height * scale), Image.LANCZOS) if scale > 1 else image
-            x = torch.from_numpy(np.array(big)).permute(2, 0, 1)[None].float() / 127.5 - 1
+            image = np.array(read_rgb(image_path))
+            height, width = image.shape[:2]
+            x = torch.from_numpy(lanczos(image, (width * scale, height * scale)).copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
             with torch.no_grad():
                 y = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
-            decoded = Image.fromarray(((y[0].permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8))
-            if scale > 1:
-                decoded = decoded.resize((width, height), Image.LANCZOS)
-            decoded.save(out / "images" / f"{pair_id}.png")
+            decoded = ((y[0].permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
+            Image.fromarray(lanczos(decoded, (width, height))).save(out / "images" / f"{pair_id}.png")
             shutil.copyfile(label_path, out / "labels" / f"{pair_id}.png")
             rows.append(json.dumps({"id": pair_id}))
     (out / "pairs.jsonl").write_text("\n".join(rows) + "\n")
@@ -111,6 +111,13 @@ def main() -> None:
     names = args.sets.split(",") if args.sets else sorted(p.name for p in generated.iterdir() if p.is_dir())
     judge = args.judge if args.judge.is_absolute() else args.workdir / args.judge
     model, cfg = load_run(judge)
+    vae = None
+    if args.vae_round_trip:  # loaded once, as load_components loads a prior's parts (float32)
+        from diffusers import AutoencoderKL
+
+        from dginstyle.diffusion.models import _from
+
+        vae = _from(AutoencoderKL, str(args.vae_round_trip), "vae", torch.float32).eval()
     start = time.perf_counter()
     sets = {}
     for name in names:
@@ -119,12 +126,7 @@ def main() -> None:
             raise SystemExit(f"{generated / name}: no shards")
         sets[name] = score_set(model, cfg, shards)
         print(f"{name:>12}: mIoU {sets[name]['mIoU']:.2f}  aAcc {sets[name]['aAcc']}  small {sets[name]['small_class_IoU']}  ({sets[name]['pairs']} pairs)")
-        if args.vae_round_trip:
-            import tempfile
-
-            from diffusers import AutoencoderKL
-
-            vae = AutoencoderKL.from_pretrained(args.vae_round_trip / "vae").eval()
+        if vae is not None:
             for scale in (int(v) for v in args.scales.split(",")):
                 key = f"{name} via VAE x{scale}"
                 with tempfile.TemporaryDirectory() as tmp:
