@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from dginstyle import __version__
+from dginstyle import __version__, outputs
 from dginstyle.io import DataError, disk_full_message
 from dginstyle.parallel import default_threads
 
@@ -202,11 +202,13 @@ def _run_readme_results(args: argparse.Namespace) -> None:
     readme_results_cli(args)
 
 
-# Stages whose modules need torch/diffusers: their `add_cli(sub)` is imported only when that
+# Stages whose modules need torch/diffusers: their `add_cli(sub)` (or the function named after
+# a colon) is imported only when that
 # stage is the one being run, so `prepare` works in an environment without torch (envs/data.yaml)
 # and `dginstyle --help` answers at once.
 HEAVY_STAGES = {
     "pretrain-prior": ("dginstyle.diffusion.prior", "train the tiny prior LDM on the captioned prior corpus (miniature world)"),
+    "install-prior": ("dginstyle.diffusion.prior:add_install_cli", "install the shipped tiny prior when it was trained on exactly the workflow's request"),
     "finetune-unet": ("dginstyle.diffusion.finetune", "U^P -> U^S: fine-tune the prior UNet on source images with the empty prompt"),
     "train-controlnet": ("dginstyle.diffusion.controlnet", "train the layout ControlNet against the frozen source UNet U^S"),
     "style-swap": ("dginstyle.diffusion.style_swap", "assemble a generator: ControlNet + U^P (plain, rebase) or + U^S (no_swap)"),
@@ -237,6 +239,52 @@ GPU_STAGES = frozenset(
 )
 
 
+# What each stage writes: its output arguments and their kinds (dginstyle.outputs: a folder
+# replaced whole, a workspace kept across runs, a table prefix, or a file suffix). Every other
+# path argument is an input. Checked before a stage starts (a test keeps this table complete).
+WRITES = {
+    "prepare": {"out": outputs.FOLDER},
+    "contact-sheet": {"out": ".png"},
+    "evaluate-predictions": {"out": ".json"},
+    "make-table": {"out_prefix": outputs.PREFIX, "plot": ".png"},
+    "readme-results": {"figure_out": ".png"},  # --readme is edited in place, by design
+    "training-curves": {"out": ".png"},
+    "install-prior": {"out": outputs.FOLDER},
+    "pretrain-prior": {"out": outputs.FOLDER, "checkpoints": outputs.WORKSPACE, "samples": ".png"},
+    "finetune-unet": {"out": outputs.FOLDER, "checkpoints": outputs.WORKSPACE},
+    "train-controlnet": {"out": outputs.FOLDER, "checkpoints": outputs.WORKSPACE},
+    "style-swap": {"out": outputs.FOLDER},
+    "select-layouts": {"out": ".jsonl"},
+    "generate": {"out": outputs.FOLDER},
+    "render-oracle": {"out": outputs.FOLDER},
+    "style-swap-figure": {"out": ".png", "numbers": ".json"},
+    "train-segmentation": {"out": outputs.FOLDER, "work_dir": outputs.WORKSPACE},
+    "evaluate": {"out": ".json", "save_predictions": outputs.WORKSPACE},
+    "quality-control": {"out": outputs.FOLDER},
+    "convert-pretrained": {"out": ".safetensors"},
+}
+
+
+def _paths(value) -> list[Path]:
+    if isinstance(value, Path):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [v for v in value if isinstance(v, Path)]
+    return []
+
+
+def claim_outputs(stage: str, args: argparse.Namespace) -> None:
+    """Refuse (DataError, before any work) outputs the stage may not write; then create and mark
+    its workspaces, so that a later run knows them for its own."""
+    kinds = WRITES[stage]
+    written = {getattr(args, name): kind for name, kind in kinds.items() if getattr(args, name, None) is not None}
+    read = [path for name, value in vars(args).items() if name not in kinds for path in _paths(value)]
+    outputs.check_outputs(stage, written, read)
+    for path, kind in written.items():
+        if kind == outputs.WORKSPACE:
+            outputs.claim_workspace(path, stage)
+
+
 def _requested_stage(argv: list[str]) -> str | None:
     return next((arg for arg in argv if not arg.startswith("-")), None)
 
@@ -255,7 +303,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     requested = _requested_stage(sys.argv[1:] if argv is None else argv)
     for name, (module, help_text) in HEAVY_STAGES.items():
         if name == requested:
-            importlib.import_module(module).add_cli(sub)
+            module_name, _, register = module.partition(":")
+            getattr(importlib.import_module(module_name), register or "add_cli")(sub)
         else:
             sub.add_parser(name, help=help_text)  # listed in --help; its options load when it runs
     return parser
@@ -268,6 +317,11 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    try:
+        claim_outputs(args.command, args)
+    except DataError as exc:
+        print(f"dginstyle {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     device = None
     if args.command in GPU_STAGES:  # before the stage touches CUDA; held until this returns
         from dginstyle.devices import claim_for_job

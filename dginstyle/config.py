@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import jsonschema
@@ -267,6 +268,13 @@ def _check_dataset_roots(config: dict) -> None:
         entry = config["datasets"][name]
         if entry["format"] == "minicity":
             continue
+        root = Path(os.path.realpath(entry["root"]))
+        results = Path(os.path.realpath("results"))  # the folder every job writes (relative to the working directory)
+        if root == results or results in root.parents:
+            raise ConfigError(
+                f"config key 'datasets.{name}.root': {entry['root']} lies inside results/, which the workflow writes "
+                "(Snakemake deletes a job's outputs before it reruns): keep raw datasets elsewhere"
+            )
         problems = layout_problems(entry["format"], Path(entry["root"]), entry.get("splits"))
         if problems:
             raise ConfigError(f"config key 'datasets.{name}.root': {problems[0]}")

@@ -12,8 +12,8 @@ import hashlib
 import io
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,15 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` via a temporary file in the same folder and an atomic rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # Not mkstemp: its files are 0600 whatever the umask, and outputs on a shared filesystem
+    # must get the permissions the user's umask gives, as any other file they write.
+    while True:
+        tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:
+            continue
     try:
         with naming(path), os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -120,24 +128,25 @@ def encode_rgb_png(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def read_label_png(path: str | os.PathLike) -> np.ndarray:
+def read_label_png(path: str | os.PathLike, what: str = "label") -> np.ndarray:
     """Decode a single-channel label PNG (greyscale or palette indices) to a uint8 array.
 
     Palette PNGs (GTA5, Mapillary) decode to their indices, which are the label IDs. RGB or
-    16-bit files are refused: they are not label maps in any format this project reads.
+    16-bit files are refused: they are not label maps in any format this project reads. `what`
+    names the file's role in messages ("label", "prediction").
     """
     path = Path(path)
     try:
         with Image.open(path) as img:
             if img.mode not in ("L", "P"):
-                raise DataError(f"{path}: label image has mode {img.mode}, expected a single-channel 8-bit PNG (L or P)")
+                raise DataError(f"{path}: {what} image has mode {img.mode}, expected a single-channel 8-bit PNG (L or P)")
             array = np.asarray(img)  # forces the full decode: truncation is detected here
     except DataError:
         raise
     except FileNotFoundError:
-        raise DataError(f"{path}: label file not found") from None
+        raise DataError(f"{path}: {what} file not found") from None
     except Exception as exc:  # PIL raises OSError/SyntaxError/ValueError for damaged files
-        raise DataError(f"{path}: cannot decode label PNG ({exc.__class__.__name__}: {exc}); the file is corrupt or truncated") from None
+        raise DataError(f"{path}: cannot decode {what} PNG ({exc.__class__.__name__}: {exc}); the file is corrupt or truncated") from None
     return array
 
 
@@ -152,22 +161,71 @@ def read_rgb(path: str | os.PathLike) -> Image.Image:
         raise DataError(f"{path}: cannot decode image ({exc.__class__.__name__}: {exc})") from None
 
 
+#: The file inside every folder a stage made, holding the stage's name (dginstyle.outputs).
+STAGE_MARKER = ".dginstyle-stage"
+
+
+def stage_of(folder: str | os.PathLike) -> str | None:
+    """The stage whose marker `folder` carries, or None when it carries none."""
+    try:
+        return (Path(folder) / STAGE_MARKER).read_text(encoding="utf-8").strip() or None
+    except (FileNotFoundError, NotADirectoryError, UnicodeDecodeError):
+        return None
+
+
+def mark(folder: str | os.PathLike, stage: str) -> None:
+    """Record that `stage` made `folder`: only a marked folder (or an empty one) is ever replaced."""
+    (Path(folder) / STAGE_MARKER).write_text(stage + "\n", encoding="utf-8")
+
+
+def _ours_or_empty(folder: Path, stage: str) -> bool:
+    return folder.is_dir() and not folder.is_symlink() and (stage_of(folder) == stage or not any(folder.iterdir()))
+
+
+def remove_ours(folder: Path, stage: str) -> None:
+    """Delete a folder this stage made (its marker says so); refuse anything else."""
+    if not _ours_or_empty(folder, stage):
+        raise DataError(f"{folder}: not made by `dginstyle {stage}` (no {STAGE_MARKER} marker); refusing to delete it, remove it yourself")
+    shutil.rmtree(folder)
+
+
+def set_aside(folder: Path, stage: str) -> Path:
+    """Move `stage`'s workspace `folder` (checkpoints it found unusable) to `<folder>.stale`,
+    replacing an older set-aside copy of the same stage only; returns the new place."""
+    folder = Path(folder)
+    stale = folder.with_name(folder.name + ".stale")
+    if stale.exists() or stale.is_symlink():
+        remove_ours(stale, stage)
+    if stage_of(folder) is None:
+        mark(folder, stage)  # it holds this stage's checkpoints: a later run may remove it
+    os.replace(folder, stale)
+    return stale
+
+
 def replace_dir(staging: Path, final: Path) -> None:
-    """Move a finished staging folder to `final`, replacing an older `final` only at the end."""
+    """Move a finished staging folder to `final`, replacing an older `final` only at the end,
+    and only when the same stage made it (the staging folder's marker names the stage)."""
+    stage = stage_of(staging)
+    if stage is None:
+        raise DataError(f"{staging}: staging folder without a {STAGE_MARKER} marker (internal error: use fresh_staging_dir)")
     old = final.with_name(f".{final.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
+    if old.exists() or old.is_symlink():
+        remove_ours(old, stage)
     if final.exists() or final.is_symlink():
+        if not _ours_or_empty(final, stage):
+            raise DataError(f"{final}: not made by `dginstyle {stage}` (no {STAGE_MARKER} marker); refusing to replace it, choose another output path")
         os.replace(final, old)
     os.replace(staging, final)
     if old.exists():
         shutil.rmtree(old)
 
 
-def fresh_staging_dir(final: Path) -> Path:
-    """An empty hidden folder beside `final` to build it in (leftovers of a killed run removed)."""
+def fresh_staging_dir(final: Path, stage: str) -> Path:
+    """An empty hidden folder beside `final` to build it in, marked as `stage`'s (the leftovers of
+    a killed run of the same stage are removed; anything else there is refused)."""
     staging = final.with_name(f".{final.name}.partial")
-    if staging.exists():
-        shutil.rmtree(staging)
+    if staging.exists() or staging.is_symlink():
+        remove_ours(staging, stage)
     staging.mkdir(parents=True)
+    mark(staging, stage)
     return staging

@@ -162,7 +162,7 @@ def evaluate_prediction_folder(
         gt_file = label_path(dataset_dir, split, stem)
         pred_file = pred_dir / f"{stem}.png"
         gt = read_label_png(gt_file)
-        pred = read_label_png(pred_file)
+        pred = read_label_png(pred_file, what="prediction")
         if gt.shape != pred.shape:
             raise DataError(
                 f"{pred_file}: prediction size {pred.shape[1]}x{pred.shape[0]} (WxH) differs from "

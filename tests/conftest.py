@@ -2,9 +2,46 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+# What the suite must leave as it found it: a user's finished run (results/) and Snakemake's
+# record of it (.snakemake/), so that running the tests never makes the next run redo work.
+GUARDED = ("results", ".snakemake")
+
+
+def checkout_state() -> dict[str, tuple]:
+    """Every path under the guarded folders of the checkout with its type, size, mode and
+    modification time: any write, creation or deletion changes it."""
+    state = {}
+    for top in GUARDED:
+        for dirpath, dirnames, filenames in os.walk(REPO / top):
+            for name in dirnames + filenames:
+                path = Path(dirpath) / name
+                info = path.lstat()
+                state[path.relative_to(REPO).as_posix()] = (info.st_mode, info.st_size, info.st_mtime_ns)
+    return state
+
+
+STATE_AT_START = pytest.StashKey[dict]()
+
+
+def pytest_sessionstart(session):
+    session.config.stash[STATE_AT_START] = checkout_state()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    before = session.config.stash.get(STATE_AT_START, None)
+    if before is None:
+        return
+    after = checkout_state()
+    changed = sorted(set(before) ^ set(after) | {k for k in set(before) & set(after) if before[k] != after[k]})
+    if changed:
+        print(f"\nthe test suite changed {len(changed)} path(s) in the checkout (tests must work in temporary folders): " + ", ".join(changed[:10]))
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

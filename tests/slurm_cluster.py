@@ -1,4 +1,4 @@
-"""A real single-node SLURM for tests, from Debian's packages: munged, slurmctld and slurmd on
+"""A real single-node SLURM for tests, from Debian's packages (installed by .ci/install-slurm): munged, slurmctld and slurmd on
 this machine, two fake GPUs (character devices declared as gres), a `debug` (default) and a
 `gpu` partition, no accounting database.
 
@@ -40,37 +40,13 @@ def which(command: str) -> str | None:
     return shutil.which(command, path=f"{os.environ.get('PATH', '')}:{SBIN}")
 
 
-def install_reason() -> str | None:
-    """Install the packages when missing; the reason the tests must skip, or None."""
-    if all(which(c) for c in COMMANDS):
-        return None
-    if os.geteuid() != 0:
-        return "SLURM is not installed and installing it (apt-get) needs root"
-    if not shutil.which("apt-get"):
-        return "SLURM is not installed and there is no apt-get to install it"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive", "PATH": f"{os.environ.get('PATH', '')}:{SBIN}"}
-    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES]
-    # Keep the packages' scripts from starting daemons (munge's would): every daemon here is
-    # the test's own, started and stopped by pid.
-    policy = Path("/usr/sbin/policy-rc.d")
-    made_policy = not policy.exists()
-    if made_policy:
-        policy.write_text("#!/bin/sh\nexit 101\n")
-        policy.chmod(0o755)
-    try:
-        result = subprocess.run(install, env=env, capture_output=True, text=True, timeout=600)
-        if result.returncode != 0:  # a fresh machine may have no package lists yet
-            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, text=True, timeout=300)
-            result = subprocess.run(install, env=env, capture_output=True, text=True, timeout=600)
-    except subprocess.TimeoutExpired:
-        return "apt-get install of SLURM timed out"
-    finally:
-        if made_policy:
-            policy.unlink()
-    if result.returncode != 0:
-        return f"apt-get could not install {' '.join(PACKAGES)}: {result.stderr.strip()[-500:]}"
+def missing_reason() -> str | None:
+    """The one-line reason the SLURM tests must skip (SLURM is not installed), or None. The
+    tests never install system packages: .ci/install-slurm does, when asked."""
     missing = [c for c in COMMANDS if not which(c)]
-    return f"installed, but these commands are missing: {missing}" if missing else None
+    if missing:
+        return f"SLURM is not installed (missing {', '.join(missing)}); `bash .ci/install-slurm` installs {' '.join(PACKAGES)} (root, apt-get)"
+    return None
 
 
 def running(name: str) -> bool:

@@ -28,6 +28,7 @@ import yaml
 from PIL import Image
 
 from dginstyle.cli import main
+from dginstyle.io import mark
 from dginstyle.config import ConfigError, validate_config
 from fake_trees import make_tree
 
@@ -62,9 +63,11 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     return files
 
 
-def previous_artifact(folder: Path) -> dict[str, bytes]:
-    """A stand-in for an earlier good output at `folder`; returns its snapshot."""
+def previous_artifact(folder: Path, stage: str) -> dict[str, bytes]:
+    """A stand-in for an earlier good output of `stage` at `folder` (marked as that stage's, so
+    the stage may replace it); returns its snapshot."""
     folder.mkdir(parents=True)
+    mark(folder, stage)
     (folder / "manifest.json").write_text('{"previous": "good run"}')
     (folder / "weights.safetensors").write_bytes(b"previous weights")
     return snapshot(folder)
@@ -232,7 +235,7 @@ def _generate(capsys, root: Path, generator: Path, out: Path) -> str:
 
 def test_a_generator_folder_that_is_not_one_is_refused(source_and_plan, tmp_path, capsys):
     out = tmp_path / "shard0"
-    before = previous_artifact(out)
+    before = previous_artifact(out, "generate")
     err = _generate(capsys, source_and_plan, source_and_plan / "source", out)  # a dataset, not a generator
     assert f"{source_and_plan / 'source'}: not a generator folder (dginstyle.json kind is None, expected 'generator')" in err
     err = _generate(capsys, source_and_plan, tmp_path / "nowhere", out)
@@ -245,7 +248,7 @@ def test_a_generator_with_the_wrong_conditioning_channels_is_refused(source_and_
 
     rgb = tiny_generator(tmp_path / "rgb", conditioning_channels=3)  # an RGB-conditioned ControlNet
     out = tmp_path / "shard0"
-    before = previous_artifact(out)
+    before = previous_artifact(out, "generate")
     err = _generate(capsys, source_and_plan, rgb, out)
     assert f"{rgb / 'controlnet' / 'config.json'}: ControlNet has conditioning_channels=3, expected 20" in err
     assert snapshot(out) == before and not (tmp_path / ".shard0.partial").exists()
@@ -286,7 +289,7 @@ def test_a_generated_shard_with_a_missing_label_is_refused_before_training(seg_s
     shard = make_shard(tmp_path / "generated" / "shard0")
     (shard / "labels" / "1.png").unlink()
     out = tmp_path / "run"
-    before = previous_artifact(out)
+    before = previous_artifact(out, "train-segmentation")
     err = _train(capsys, seg_source, out, tmp_path / "work", "--generated", shard)
     assert f"{shard / 'labels' / '1.png'}: listed in {shard / 'pairs.jsonl'} but missing" in err
     assert snapshot(out) == before
@@ -323,7 +326,7 @@ def test_a_foreign_pickle_as_segmentation_resume_checkpoint_is_refused_unopened(
     torch.save({"meta": Evil(marker), "state_dict": {}}, work / "iter_2.pth")
     (work / "last_checkpoint").write_text(str(work / "iter_2.pth"))
     out = tmp_path / "run"
-    before = previous_artifact(out)
+    before = previous_artifact(out, "train-segmentation")
     err = _train(capsys, seg_source, out, work)
     assert f"{work / 'iter_2.pth'}: refused by the weights-only loader (holds objects outside the allowlist): UnpicklingError: " in err
     assert "posix.system" in err
@@ -337,7 +340,7 @@ def test_a_foreign_pickle_as_pretrained_backbone_is_refused_unopened(seg_source,
     pretrained = tmp_path / "mit_b5.pth"
     torch.save({"state_dict": Evil(marker)}, pretrained)
     out = tmp_path / "run"
-    before = previous_artifact(out)
+    before = previous_artifact(out, "train-segmentation")
     err = _train(capsys, seg_source, out, tmp_path / "work", "--pretrained", pretrained)
     assert f"{pretrained}: refused by the weights-only loader or unreadable (UnpicklingError: " in err
     assert not marker.exists() and snapshot(out) == before
@@ -373,7 +376,7 @@ def test_a_foreign_pickle_in_a_generator_stage_checkpoint_is_refused_unopened(ti
     marker = tmp_path / "PWNED"
     victim = _checkpoint_with(tmp_path / "checkpoints", file, {"state": Evil(marker)})
     out = tmp_path / "unet_source"
-    before = previous_artifact(out)
+    before = previous_artifact(out, "finetune-unet")
     err = fails_with_one_line(
         capsys, "finetune-unet", "--prior", tiny_prior / "prior", "--source", tiny_prior / "source", "--out", out,
         "--checkpoints", tmp_path / "checkpoints", "--steps", 2, "--batch-size", 1, "--gradient-accumulation", 1,
@@ -410,3 +413,87 @@ def test_every_test_the_readme_table_names_exists():
     assert not sorted(named - defined), sorted(named - defined)
     assert all(any(d.startswith(p) for d in defined) for p in prefixes), prefixes
     assert len(named) >= 30
+
+
+# Each name would run `touch pwned` if a shell line pasted it unquoted.
+HOSTILE_NAMES = ["with space", "it's", 'say "hi"', "a;touch pwned", "$(touch pwned)", "`touch pwned`", "-leading-dash"]
+
+
+def test_no_config_value_can_run_a_command(tmp_path):
+    """Dataset roots are the user's text and reach a shell line: quoted, each prepares as itself
+    and no payload runs. Output names cannot carry such text: the config refuses them."""
+    config = smoke_config()
+    names = []
+    for number, hostile in enumerate(HOSTILE_NAMES):
+        root = tmp_path / "data" / hostile / "cityscapes"
+        make_tree("cityscapes", root, count={"val": 1}, splits=("val",), label_values=CITYSCAPES_IDS)
+        name = f"cs{number}"
+        config["datasets"][name] = {"format": "cityscapes", "root": str(root), "splits": ["val"]}
+        config["targets"].append(name)
+        names.append(name)
+    work = tmp_path / "work"
+    work.mkdir()
+    configfile = tmp_path / "hostile.yaml"
+    configfile.write_text(yaml.safe_dump(config))
+    result = run_snakemake(work, *[f"results/datasets/{n}" for n in names], "--cores", "2", "--configfile", configfile)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    for name, hostile in zip(names, HOSTILE_NAMES):
+        manifest = json.loads((work / "results" / "datasets" / name / "manifest.json").read_text())
+        assert manifest["source_root"] == str(tmp_path / "data" / hostile / "cityscapes")
+    assert not list(tmp_path.rglob("pwned")) and not (Path.cwd() / "pwned").exists()
+    for hostile in ["it's", "a;b", "$(touch pwned)", "with space"]:
+        config = smoke_config()
+        config["datasets"][hostile] = {"format": "minicity", "domain": "game", "splits": {"train": 2}}
+        with pytest.raises(ConfigError, match="is not allowed here"):
+            validate_config(config)
+
+
+def run_snakemake(cwd: Path, *args) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), *map(str, args)]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=1800)
+
+
+def test_an_existing_folder_as_metrics_output_and_an_rgb_prediction_are_named(tmp_path, capsys):
+    tree = make_tree("cityscapes", tmp_path / "raw", count={"val": 1}, splits=("val",), label_values=CITYSCAPES_IDS)
+    prepared = tmp_path / "prepared"
+    assert main(["prepare", "cityscapes", "--root", str(tree.root), "--splits", "val", "--out", str(prepared), "--workers", "1"]) == 0
+    stem = (prepared / "val.txt").read_text().split()[0]
+    predictions = tmp_path / "pred"
+    predictions.mkdir()
+    Image.new("RGB", (12, 8), (128, 64, 128)).save(predictions / f"{stem}.png")
+    folder = tmp_path / "metrics.json"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine\n")
+    before = snapshot(tmp_path)
+    err = fails_with_one_line(capsys, "evaluate-predictions", "--pred", predictions, "--dataset", prepared, "--split", "val", "--out", folder)
+    assert f"{folder}: refusing to write a file here" in err
+    err = fails_with_one_line(capsys, "evaluate-predictions", "--pred", predictions, "--dataset", prepared, "--split", "val", "--out", tmp_path / "m.json")
+    assert f"{predictions / stem}.png: prediction image has mode RGB" in err
+    assert snapshot(tmp_path) == before
+
+
+def test_outputs_get_the_permissions_the_umask_gives(tmp_path):
+    from dginstyle.io import atomic_write_json
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "shared.json", {"a": 1})
+        os.umask(0o007)
+        atomic_write_json(tmp_path / "group.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "shared.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "group.json").stat().st_mode & 0o777 == 0o660
+
+
+def test_a_dataset_root_inside_results_is_refused(tmp_path, monkeypatch):
+    """Snakemake deletes a job's outputs before it reruns: a raw dataset inside results/ could
+    be one of them."""
+    monkeypatch.chdir(tmp_path)
+    make_tree("cityscapes", tmp_path / "results" / "datasets" / "cs", count={"val": 1}, splits=("val",), label_values=CITYSCAPES_IDS)
+    config = smoke_config()
+    config["datasets"]["cs"] = {"format": "cityscapes", "root": "results/datasets/cs", "splits": ["val"]}
+    config["targets"].append("cs")
+    with pytest.raises(ConfigError, match=re.escape("config key 'datasets.cs.root': results/datasets/cs lies inside results/")):
+        validate_config(config)

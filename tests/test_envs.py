@@ -245,7 +245,7 @@ def stage_imports(stage: str) -> set[str]:
     handlers = {f for f in module_units("dginstyle.cli")[1] if f.startswith("_run_")}
     handler = "_run_" + stage.replace("-", "_")
     if stage in HEAVY_STAGES:
-        module = HEAVY_STAGES[stage][0]
+        module = HEAVY_STAGES[stage][0].partition(":")[0]
         entry += [(module, None)] + [(module, f) for f in module_units(module)[1]]
     else:
         assert handler in handlers, f"stage {stage}: neither in HEAVY_STAGES nor a {handler} in cli.py"

@@ -234,3 +234,91 @@ def test_generate_on_a_full_disk_fails_in_one_line_then_resumes_once_space_is_fr
     generate.generate_shard(**{**kwargs, "out": out})
     assert _files(out) == _files(reference)
 
+
+
+def _leave_free(ballast: Path, free: int) -> None:
+    """Give `free` bytes of a filled disk back: enough for logs and records, not a checkpoint."""
+    os.truncate(ballast, ballast.stat().st_size - free)
+
+
+def _hidden_leftovers(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob(".*") if p.name.endswith((".tmp", ".partial")))
+
+
+def test_train_segmentation_on_a_full_disk_fails_in_one_line_then_resumes(small_disk, tmp_path):
+    import json
+
+    import torch
+
+    from dginstyle.data.prepare import prepare
+
+    prepare("minicity", tmp_path / "source", domain="game", splits="train=4", seed=0, size="64x32", rcs_min_pixels=3, workers=1)
+    disk = small_disk("32m")
+    work, run = disk / "work", tmp_path / "run"
+    argv = (
+        "train-segmentation", "--source", str(tmp_path / "source"), "--out", str(run), "--work-dir", str(work),
+        "--model", "daformer_tiny", "--batch-size", "2", "--crop-size", "32", "--threads", "1",
+        "--checkpoint-interval", "2", "--log-interval", "1",
+    )  # fmt: skip
+    first = _dginstyle(*argv, "--iterations", "2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    checkpoint = work / "iter_2.pth"
+    assert checkpoint.stat().st_size > 512 * 1024  # more than the space left below
+    before = checkpoint.read_bytes()
+
+    ballast = _fill(disk)
+    _leave_free(ballast, 256 * 1024)
+    result = _dginstyle(*argv, "--iterations", "4")  # resumes at 2; the checkpoint of iteration 4 does not fit
+    assert result.returncode == 1
+    _one_line_space_error(result.stderr, "train-segmentation", work / "iter_4.pth")
+    assert not (work / "iter_4.pth").exists() and not _hidden_leftovers(work)  # nothing truncated under any name
+    assert (work / "last_checkpoint").read_text() == str(checkpoint) and checkpoint.read_bytes() == before
+    assert torch.load(checkpoint, map_location="cpu", weights_only=False)["meta"]["iter"] == 2
+
+    ballast.unlink()  # space again: the rerun resumes from iteration 2
+    again = _dginstyle(*argv, "--iterations", "4")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((run / "metadata.json").read_text())["resumed_at_iteration"] == 2
+    assert (work / "last_checkpoint").read_text() == str(work / "iter_4.pth") and (work / "iter_4.pth").is_file()
+
+
+def test_finetune_unet_on_a_full_disk_fails_in_one_line_then_resumes(small_disk, tmp_path):
+    """training.save_checkpoint (finetune-unet, train-controlnet, pretrain-prior)."""
+    import json
+
+    from dginstyle.data.minicity import prepare_minicity
+    from dginstyle.diffusion import models
+    from dginstyle.diffusion.training import checkpoint_steps
+    from dginstyle.labels import CLASSES
+    from test_finetune import CROP, SPEC
+
+    components = models.tiny_components(SPEC, [" ".join(CLASSES), "a city street scene"], CROP, tmp_path / "tok", seed=0)
+    models.save_pipeline(tmp_path / "prior", components, {"kind": "prior", "steps": 0})
+    prepare_minicity(tmp_path / "src", "game", {"train": 4}, 0, 64, 32, 1, None, 12)
+    disk = small_disk("32m")
+    ck, out = disk / "ck", tmp_path / "us"
+    argv = (
+        "finetune-unet", "--prior", str(tmp_path / "prior"), "--source", str(tmp_path / "src"), "--out", str(out),
+        "--checkpoints", str(ck), "--crop-size", str(CROP), "--learning-rate", "1e-3", "--checkpoint-every", "2",
+        "--device", "cpu", "--mixed-precision", "no",
+    )  # fmt: skip
+    first = _dginstyle(*argv, "--steps", "2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    step2 = ck / "step_00000002"
+    assert sum(p.stat().st_size for p in step2.iterdir()) > 512 * 1024  # more than the space left below
+    before = _tree_digests(step2)
+
+    ballast = _fill(disk)
+    _leave_free(ballast, 256 * 1024)
+    result = _dginstyle(*argv, "--steps", "4")
+    assert result.returncode == 1
+    line = _one_line_space_error(result.stderr, "finetune-unet", ck / ".step_00000004.partial")
+    assert line.split(": No space left on device")[0].rsplit("/", 1)[-1] in ("model.safetensors", "optimizer.optim.pt", "rng.pt", "state.json")
+    assert checkpoint_steps(ck) == [2] and _tree_digests(step2) == before
+    assert not _hidden_leftovers(ck)  # the half-written step was removed, its space given back
+
+    ballast.unlink()
+    again = _dginstyle(*argv, "--steps", "4")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((out / models.METADATA).read_text())["resumed_from"] == [2]
+    assert checkpoint_steps(ck) == [2, 4]

@@ -148,7 +148,7 @@ def test_checkpoints_of_other_settings_or_inputs_are_set_aside_not_resumed(world
     finetune_unet(root, "ft_c", steps=2)
     fresh = finetune_unet(root, "ft_c", steps=4, learning_rate=5e-4)
     assert fresh["resumed_from"] == [] and "learning_rate" in caplog.text
-    assert sorted(p.name for p in (root / "ck_ft_c.stale").iterdir()) == ["step_00000002"]
+    assert sorted(p.name for p in (root / "ck_ft_c.stale").iterdir()) == [".dginstyle-stage", "step_00000002"]
     again = finetune_unet(root, "ft_c", steps=1)  # the checkpoint at step 4 lies beyond 1 step
     assert again["resumed_from"] == [] and again["steps"] == 1
     # a retrained prior (another training record) invalidates the fine-tune's checkpoints too

@@ -19,7 +19,7 @@ import torch
 from dginstyle.data.minicity import prepare_minicity
 from dginstyle.diffusion import generate, models, mrlf
 from dginstyle.diffusion.layouts import select_layouts
-from dginstyle.io import DataError
+from dginstyle.io import DataError, mark
 
 FAST = mrlf.MRLFSettings(steps=3, scale=2, window=8, stride=4, area_threshold=60, guidance_scale=7.5, max_batch=4)
 
@@ -292,6 +292,7 @@ def test_changed_config_restarts_partial(world, tmp_path):
     out = tmp_path / "s" / "0"
     partial = generate.partial_dir(out)
     partial.mkdir(parents=True)
+    mark(partial, "generate")  # a partial shard an earlier run of generate left
     (partial / "run.json").write_text(json.dumps({"something": "else"}))
     (partial / "pairs.jsonl").write_text('{"id": 0}\n')
     generate.generate_shard(**_shard_kwargs(world, out, mode="plain", steps=2, num_shards=3))

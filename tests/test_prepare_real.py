@@ -387,3 +387,28 @@ def test_pool_surfaces_the_first_error_and_stops_promptly():
     with pytest.raises(DataError, match="conversion failed in a worker: ValueError: a bug"):
         list(parallel_map(_job, [1, "bug", 1], workers=2))
     assert sorted(parallel_map(_job, [1, 2, 3], workers=2)) == [1, 2, 3]
+
+
+def test_a_file_name_that_is_not_utf8_is_refused_before_any_work(tmp_path):
+    """Linux file names are bytes; one that is not UTF-8 cannot go into the split lists or the
+    manifest. It is refused by name (its bytes escaped) before the output folder is made."""
+    tree = build("cityscapes", tmp_path)
+    victim = tree.split("train")[0]
+    stem = os.fsdecode(b"aachen_\xff_000019")
+    image = victim.image.rename(victim.image.with_name(f"{stem}_leftImg8bit.png"))
+    victim.label.rename(victim.label.with_name(f"{stem}_gtFine_labelIds.png"))
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "dginstyle", "prepare", "cityscapes", "--root", str(tree.root), "--out", str(out), "--workers", "1"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if " INFO " not in line]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    shown = os.fsencode(image).decode("utf-8", "backslashreplace")
+    assert "aachen_\\xff_000019_leftImg8bit.png" in shown
+    assert lines[0].startswith(f"dginstyle prepare: error: {shown}: the file name is not valid UTF-8"), lines[0]
+    assert not out.exists() and no_staging_left(out)

@@ -214,9 +214,10 @@ def test_shipped_prior_follows_the_weather_words():
     assert stats["sunny"]["rows"] > 0.02, stats
 
 
-def test_sync_shipped_prior_installs_only_on_an_exact_match(tiny_run, tmp_path, monkeypatch):
-    """The workflow installs the shipped prior only for the corpus and settings it was trained
-    on, and removes an installed copy again when the request changes (so the rule retrains)."""
+def test_shipped_prior_is_installed_only_for_the_request_it_was_trained_on(tiny_run, tmp_path, monkeypatch):
+    """The install_prior rule is planned only for the corpus and settings the shipped prior was
+    trained on (asking reads, never writes); installing copies it with its checksums checked,
+    and another package's prior gets another params value (so the rule runs again)."""
     root, meta = tiny_run
     shipped = tmp_path / "assets" / "prior"
     prior.export_shipped(root / "out", shipped)
@@ -225,21 +226,27 @@ def test_sync_shipped_prior_installs_only_on_an_exact_match(tiny_run, tmp_path, 
     training = {"vae_steps": 3, "unet_steps": 4, "batch_size": 4, "vae_batch_size": 4, "vae_crop": 32, "vae_learning_rate": 2e-3,
                 "learning_rate": 1e-3, "seed": 3, "prediction_type": prior.DEFAULTS["prediction_type"], "checkpoint_every": 99}
     request = prior.training_request(corpus, 32, training)
+    before = _digests(shipped)
 
     other = prior.training_request(corpus, 32, {**training, "unet_steps": 5})
-    assert prior.sync_shipped_prior(tmp_path / "a", other) == "absent"
-    assert not (tmp_path / "a").exists()
+    assert prior.shipped_prior_matches(request)
+    assert not prior.shipped_prior_matches(other)
     # A corpus drawn with a thin-object minimum is another corpus; 0 is world version 1's drawing.
     assert prior.training_request({**corpus, "thin_objects_px": 0}, 32, training) == request
-    wide = prior.training_request({**corpus, "thin_objects_px": 3}, 32, training)
-    assert prior.sync_shipped_prior(tmp_path / "a", wide) == "absent"
+    assert not prior.shipped_prior_matches(prior.training_request({**corpus, "thin_objects_px": 3}, 32, training))
+    with pytest.raises(DataError, match="not trained on this request"):
+        prior.install_shipped_prior(tmp_path / "a", other)
+    assert not (tmp_path / "a").exists()
 
     dest = tmp_path / "results" / "prior"
-    assert prior.sync_shipped_prior(dest, request) == "installed"
-    assert _digests(dest) == _digests(shipped)
+    prior.install_shipped_prior(dest, request)
+    assert _digests(dest) == before
     assert models.read_metadata(dest)["installed_from_shipped"] is True
-    assert prior.sync_shipped_prior(dest, request) == "kept"
-    # A newer package ships other weights for the same request: the installed copy is replaced.
+    assert models.read_metadata(dest)["request"] == request
+    prior.install_shipped_prior(dest, request)  # a rerun replaces its own folder
+    assert _digests(shipped) == before  # the package is only read
+
+    first = prior.shipped_prior_id()
     from safetensors.torch import load_file, save_file
 
     retrained = tmp_path / "retrained"
@@ -248,14 +255,13 @@ def test_sync_shipped_prior_installs_only_on_an_exact_match(tiny_run, tmp_path, 
     state = load_file(weights)
     save_file({k: v + 0.01 for k, v in state.items()}, weights)
     prior.export_shipped(retrained, shipped)
-    assert prior.sync_shipped_prior(dest, request) == "installed"
-    assert _digests(dest) == _digests(shipped)
-    assert prior.sync_shipped_prior(dest, request) == "kept"
-    assert prior.sync_shipped_prior(dest, other) == "removed" and not dest.exists()
+    assert prior.shipped_prior_id() != first
 
-    trained_here = tmp_path / "trained"
-    shutil.copytree(root / "out", trained_here)
-    assert prior.sync_shipped_prior(trained_here, other) == "kept"  # never touches a prior the rule trained
+    # A corrupt shipped weight file is named, and nothing is installed.
+    (shipped / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"broken")
+    with pytest.raises(DataError, match="diffusion_pytorch_model.safetensors"):
+        prior.install_shipped_prior(tmp_path / "b", request)
+    assert not (tmp_path / "b").exists()
 
 
 def test_tokenizer_spells_every_caption_and_prompt_word_as_one_token(tmp_path):

@@ -508,7 +508,7 @@ def test_train_segmentation_killed_with_sigkill_resumes_from_its_checkpoint(tmp_
 
     second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stdout + second.stderr
-    assert {p.name for p in run.iterdir()} == {"weights.safetensors", "config.py", "train_log.jsonl", "metadata.json"}
+    assert {p.name for p in run.iterdir()} == {"weights.safetensors", "config.py", "train_log.jsonl", "metadata.json", ".dginstyle-stage"}
     assert sorted(p.name for p in base.iterdir()) == ["run", "work"]  # no partial run folder beside it
     meta = json.loads((run / "metadata.json").read_text())
     assert meta["iterations"] == iterations

@@ -3,6 +3,7 @@ training outputs and resume, evaluation, checkpoint refusal. Tiny model, 64x32 i
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -132,7 +133,7 @@ def test_training_outputs_and_init_model(trained):
     from mmseg.apis import init_model
 
     run, _, meta = trained
-    assert {p.name for p in run.iterdir()} == {"weights.safetensors", "config.py", "train_log.jsonl", "metadata.json"}
+    assert {p.name for p in run.iterdir()} == {"weights.safetensors", "config.py", "train_log.jsonl", "metadata.json", ".dginstyle-stage"}
     assert meta["generated_samples"] == 4 and meta["source_samples"] == 8
     rows = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in rows] == [1, 2] and all(np.isfinite(r["loss"]) for r in rows)
@@ -329,6 +330,15 @@ def test_quality_control_writes_a_whole_filtered_shard(trained, world, tmp_path)
     assert removed > 0  # threshold 0: every disagreement of a 2-iteration segmenter goes
     saved = json.loads((tmp_path / "qc" / REPORT).read_text())
     assert saved["pairs"] == len(original) and saved["mode"] == "pixel"
-    assert json.loads((tmp_path / "qc" / "manifest.json").read_text())["quality_control"]["threshold"] == 0.0
+    manifest = json.loads((tmp_path / "qc" / "manifest.json").read_text())
+    assert manifest["quality_control"]["threshold"] == 0.0
+    # it records the hashes of its own files, which train-segmentation checks (shard_check.py)
+    from dginstyle.segmentation.shard_check import verify_shard
+
+    for pair_id, img, lab in out:
+        assert manifest["label_sha256"][pair_id] == hashlib.sha256(lab.read_bytes()).hexdigest()
+        assert manifest["image_sha256"][pair_id] == hashlib.sha256(img.read_bytes()).hexdigest()
+    assert "unfiltered_label_sha256" in manifest
+    verify_shard(tmp_path / "qc", out)
     # nothing filtered when no class is required to be recognised
     assert quality_control(shard, run, tmp_path / "qc0", mode="class", threshold=0.0)["filtered_fraction"] == 0.0

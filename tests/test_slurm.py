@@ -3,8 +3,9 @@ with the shipped profile `workflow/profiles/slurm`: GPU rules are submitted with
 GPU partition and CPU rules without, outputs equal a local run's, and a job cancelled mid-run
 (scancel) is resubmitted with more memory, resumes from its checkpoint, and the DAG completes.
 
-Select with `-m slurm`. They skip (saying why) where SLURM cannot be installed: no root, no
-apt-get, or a SLURM of the machine's own that must not be touched.
+Select with `-m slurm`. They skip (saying why, in one line) where SLURM is not installed (the
+tests install nothing: `bash .ci/install-slurm` does, and CI runs it) or where the machine runs a
+SLURM of its own that must not be touched.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from slurm_cluster import ClusterError, ClusterUnavailable, SlurmCluster, install_reason
+from slurm_cluster import ClusterError, ClusterUnavailable, SlurmCluster, missing_reason
 from workflow_rules import REPO, shell_rules
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -53,7 +54,7 @@ def cluster(request, tmp_path_factory) -> SlurmCluster:
         import snakemake_executor_plugin_slurm  # noqa: F401
     except ImportError:
         pytest.skip("snakemake-executor-plugin-slurm is not installed (pip install -e '.[test]')")
-    reason = install_reason()
+    reason = missing_reason()
     if reason:
         pytest.skip(reason)
     cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))

@@ -19,7 +19,7 @@ SMOKE = REPO / "workflow" / "configs" / "smoke.yaml"
 PAPER = REPO / "workflow" / "configs" / "paper.yaml"
 
 
-def snakemake(*args: str, cwd: Path = REPO, timeout: int = 1800) -> subprocess.CompletedProcess:
+def snakemake(*args: str, cwd: Path, timeout: int = 1800) -> subprocess.CompletedProcess:
     """Run Snakemake on this repo's Snakefile with `cwd` as the working directory.
 
     The timeout only catches a hang: the smoke run takes a few minutes on 2 cores, but it ran
@@ -48,8 +48,8 @@ def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
     return counts
 
 
-def test_lint_is_clean_at_repo_root():
-    result = snakemake("--lint")
+def test_lint_is_clean(tmp_path):
+    result = snakemake("--lint", "--configfile", str(REPO / "config.yaml"), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -63,10 +63,11 @@ def test_dry_run_of_default_config_plans_every_dataset(tmp_path):
     result = snakemake("-n", "--cores", "2", "--configfile", str(REPO / "config.yaml"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     jobs = planned_jobs(result)
-    # The shipped prior stands in for a trained one (as SD 1.5 does at paper scale), so neither
-    # pretrain_prior nor its corpus is planned: the source and the five targets are.
-    assert "shipped prior: installed" in result.stderr
+    # The shipped prior stands in for a trained one (as SD 1.5 does at paper scale): a job
+    # installs it, so neither pretrain_prior nor its corpus is planned, and planning wrote nothing.
+    assert jobs["install_prior"] == 1
     assert "pretrain_prior" not in jobs
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".snakemake"]
     assert jobs["prepare_dataset"] == 6
     assert jobs["contact_sheet"] == 6
     config = yaml.safe_load((REPO / "config.yaml").read_text())
@@ -78,11 +79,12 @@ def test_dry_run_of_default_config_plans_every_dataset(tmp_path):
     assert jobs["table"] == len(config["tables"]) == 3
 
 
-def test_forcerun_pretrain_prior_retrains_from_its_corpus(tmp_path):
-    result = snakemake("-n", "-p", "--cores", "2", "--configfile", str(REPO / "config.yaml"), "--forcerun", "pretrain_prior", cwd=tmp_path)
+def test_without_the_shipped_prior_pretrain_prior_trains_from_its_corpus(tmp_path):
+    overlay = write_config(tmp_path / "own_prior.yaml", {"prior": {"use_shipped": False}})
+    result = snakemake("-n", "-p", "--cores", "2", "--configfile", str(REPO / "config.yaml"), str(overlay), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     jobs = planned_jobs(result)
-    assert jobs["pretrain_prior"] == 1
+    assert jobs["pretrain_prior"] == 1 and "install_prior" not in jobs
     assert jobs["prepare_dataset"] == 8  # the prior corpus and the VAE's extra corpus are rendered for it
     # the shipped prior's recipe (the schema defaults)
     assert "--vae-steps 3000 --unet-steps 2000" in result.stdout
@@ -336,6 +338,7 @@ def test_smoke_dag_is_deterministic_and_the_seed_matters(smoke_run, tmp_path):
     assert (other / plan).read_bytes() != (smoke_run / plan).read_bytes()
 
 
+@pytest.mark.slow
 def test_adding_a_seed_trains_only_the_new_seed(smoke_run, tmp_path):
     """`segmentation.seeds` says which runs exist, not how one trains: a dry run with another seed
     added plans that seed's training and evaluations and leaves the finished seed-0 runs alone
@@ -353,3 +356,35 @@ def test_adding_a_seed_trains_only_the_new_seed(smoke_run, tmp_path):
     assert planned_jobs(result) == {"train_segmentation": 1, "total": 1}, result.stdout[-3000:]
     assert "results/segmentation/source_only/seed1" in result.stdout
     assert "output: results/segmentation/source_only/seed0" not in result.stdout
+
+
+def tree_state(root: Path) -> dict[str, tuple]:
+    """Every path under `root` with its type, size and modification time."""
+    state = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            info = (Path(dirpath) / name).lstat()
+            state[os.path.relpath(Path(dirpath) / name, root)] = (info.st_mode, info.st_size, info.st_mtime_ns)
+    return state
+
+
+@pytest.mark.slow
+def test_planning_linting_and_reporting_change_nothing_in_a_finished_run(smoke_run, tmp_path):
+    """A dry run of another config (one world seed changed), --lint and --report write and delete
+    no output of a finished run: the next run has nothing to do."""
+    config = yaml.safe_load(SMOKE.read_text())
+    config["minicity"]["seed"] += 1
+    other = write_config(tmp_path / "other.yaml", config)
+    before = tree_state(smoke_run / "results")
+    for args in (
+        ["-n", "--cores", "2", "--configfile", str(other)],
+        ["-n", "--cores", "2", "--configfile", str(REPO / "config.yaml")],
+        ["--lint", "--configfile", str(SMOKE)],
+        ["--report", str(tmp_path / "report.html"), "--configfile", str(SMOKE)],
+    ):
+        result = snakemake(*args, cwd=smoke_run)
+        assert result.returncode in (0, 1) and "Traceback" not in result.stderr, args  # --lint exits 1 on advice
+        assert tree_state(smoke_run / "results") == before, f"snakemake {' '.join(args)} changed results/"
+    assert (tmp_path / "report.html").is_file()
+    result = snakemake("-n", "--cores", "2", "--configfile", str(SMOKE), cwd=smoke_run)
+    assert result.returncode == 0 and "Nothing to be done" in result.stdout + result.stderr, result.stdout[-2000:]

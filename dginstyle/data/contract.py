@@ -181,7 +181,7 @@ def finalize(
 
 def start(out: Path) -> Path:
     """Begin building the dataset that will live at `out`; returns the staging folder."""
-    return fresh_staging_dir(Path(out))
+    return fresh_staging_dir(Path(out), "prepare")
 
 
 def read_manifest(root: Path) -> dict:

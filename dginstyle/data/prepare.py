@@ -20,6 +20,7 @@ complete <out> is untouched because only `contract.finalize` renames staging -> 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import time
@@ -239,8 +240,32 @@ def prepare(
     return prepare_real(fmt, out, root, splits, name=name, workers=workers, rcs_min_pixels=rcs_min_pixels, size_mismatch=size_mismatch)
 
 
+def shown_path(path: str | Path) -> str:
+    """A path as text that can always be printed: bytes that are not UTF-8 (Python holds them
+    as surrogate escapes) shown as \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def check_text_names(root: Path, pairs: list[Pair]) -> None:
+    """Refuse, before any work, a file whose name cannot be written as text: the prepared dataset
+    lists every stem in its split lists and manifest.json (UTF-8), one per line."""
+    for path in [root] + [p for pair in pairs for p in (pair.image, pair.label)]:
+        name = str(path)
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            what = "the dataset root's path" if path == root else "the file name"
+            raise DataError(
+                f"{shown_path(path)}: {what} is not valid UTF-8 (bytes shown as \\xNN); the prepared dataset lists "
+                "its files by name in UTF-8 text (split lists, manifest.json): rename it"
+            ) from None
+        if "\n" in name or "\r" in name:
+            raise DataError(f"{name!r}: the file name holds a line break; the split lists hold one name per line: rename it")
+
+
 def list_all_pairs(fmt: str, root: Path, wanted: tuple[str, ...]) -> list[Pair]:
-    """The pairs of every wanted split, checked for emptiness and unique stems."""
+    """The pairs of every wanted split, checked for emptiness, unique stems and names that can
+    be written as text."""
     module = reader(fmt)
     pairs: list[Pair] = []
     for split in wanted:
@@ -255,6 +280,7 @@ def list_all_pairs(fmt: str, root: Path, wanted: tuple[str, ...]) -> list[Pair]:
                 )
             seen[pair.stem] = pair
         pairs += found
+    check_text_names(root, pairs)
     return pairs
 
 

@@ -178,7 +178,7 @@ def train_controlnet(
     optimizer = torch.optim.AdamW(
         controlnet.parameters(), lr=learning_rate, betas=(adam_beta1, adam_beta2), weight_decay=weight_decay, eps=adam_epsilon
     )
-    store = Checkpoints(checkpoints)
+    store = Checkpoints(checkpoints, "train-controlnet")
     state = store.resume(controlnet, optimizer, rt, config, steps)
     crop_stats = state["extra"].setdefault("crop_stats", empty_crop_stats())
     scaling = vae.config.scaling_factor
@@ -282,7 +282,7 @@ def train_controlnet(
         for path in validation_files:
             atomic_write_bytes(folder / VALIDATION_DIR / path.name, path.read_bytes())
 
-    write_output(out, write, metadata, state)
+    write_output(out, write, metadata, state, "train-controlnet")
     log.info("train-controlnet: wrote %s (%d steps)", out, state["step"])
     return metadata
 

@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any, Callable
 import numpy as np
 
 from dginstyle.data import contract
-from dginstyle.io import DataError, atomic_write_json, fresh_staging_dir, read_rgb, replace_dir
+from dginstyle.io import DataError, atomic_write_json, fresh_staging_dir, read_rgb, replace_dir, set_aside
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +113,7 @@ def finetune_unet(
     optimizer = torch.optim.AdamW(
         unet.parameters(), lr=learning_rate, betas=(adam_beta1, adam_beta2), weight_decay=weight_decay, eps=adam_epsilon
     )
-    store = Checkpoints(checkpoints)
+    store = Checkpoints(checkpoints, "finetune-unet")
     state = store.resume(unet, optimizer, rt, config, steps)
 
     with torch.no_grad():
@@ -175,7 +174,7 @@ def finetune_unet(
     def write(folder: Path) -> None:
         unet.save_pretrained(folder, safe_serialization=True)  # trained in float32
 
-    write_output(out, write, metadata, state)
+    write_output(out, write, metadata, state, "finetune-unet")
     log.info("finetune-unet: wrote %s (%d steps, last loss %.4f)", out, state["step"], state["losses"][-1] if state["losses"] else float("nan"))
     return metadata
 
@@ -358,8 +357,9 @@ class Checkpoints:
     state is needed: every random draw is seeded by (seed, stream, step, micro-batch).
     """
 
-    def __init__(self, root: Path, keep: int = 2):
+    def __init__(self, root: Path, stage: str, keep: int = 2):
         self.root = Path(root)
+        self.stage = stage  # the marker a set-aside folder carries (dginstyle.io.set_aside)
         self.keep = keep
 
     def latest(self) -> Path | None:
@@ -385,10 +385,7 @@ class Checkpoints:
             # inputs changed): these checkpoints can never be resumed, so they are set aside
             # (not deleted) and training starts afresh.
             detail = "; ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in differ.items()) or f"step {ckpt['step']} > {steps}"
-            stale = self.root.with_name(self.root.name + ".stale")
-            if stale.exists():
-                shutil.rmtree(stale)
-            os.replace(self.root, stale)
+            stale = set_aside(self.root, self.stage)
             log.warning("%s: checkpoints from other settings (%s); moved to %s, starting afresh", path, detail, stale)
             return fresh
         model.load_state_dict(ckpt["modules"]["model"], strict=True)
@@ -475,9 +472,9 @@ def run_steps(
             save(done)
 
 
-def write_output(out: Path, write: Callable[[Path], None], metadata: dict, state: dict) -> None:
-    """Build the output folder as a hidden sibling (weights, metadata, loss curve), then rename it."""
-    staging = fresh_staging_dir(Path(out))
+def write_output(out: Path, write: Callable[[Path], None], metadata: dict, state: dict, stage: str) -> None:
+    """Build `stage`'s output folder as a hidden sibling (weights, metadata, loss curve), then rename it."""
+    staging = fresh_staging_dir(Path(out), stage)
     write(staging)
     atomic_write_json(staging / LOSS_CURVE, {"step": list(range(1, len(state["losses"]) + 1)), "loss": state["losses"]})
     from dginstyle.diffusion.models import METADATA

@@ -25,15 +25,14 @@ from __future__ import annotations
 import argparse
 import logging
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from dginstyle.data import contract
-from dginstyle.diffusion.generate import commit_pair, finish_shard, pair_row, partial_dir, recover, shard_identity, shard_rows
+from dginstyle.diffusion.generate import commit_pair, finish_shard, pair_row, recover, shard_identity, shard_rows
 from dginstyle.diffusion.layouts import crop_of, read_plan
-from dginstyle.io import DataError, read_label_png, read_rgb
+from dginstyle.io import DataError, fresh_staging_dir, read_label_png, read_rgb
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +67,7 @@ def render_oracle_shard(plan: Path, source: Path, shard: int, num_shards: int, o
     rows = shard_rows(read_plan(plan), shard, num_shards)
     config = {"oracle": look, **shard_identity(plan, source, shard, num_shards), "world": world}
     # Seconds of work, so no resume: a leftover partial folder is started afresh.
-    work = partial_dir(out)
-    if work.exists():
-        shutil.rmtree(work)
+    work = fresh_staging_dir(out, "render-oracle")
     for folder in ("images", "labels"):
         (work / folder).mkdir(parents=True)
     for row in rows:

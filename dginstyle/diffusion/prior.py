@@ -291,7 +291,7 @@ def _resume(directory: Path, fingerprint: str, total: int, stage: str):
         return None
     if ckpt["extra"].get("fingerprint") != fingerprint or ckpt["step"] > total:
         log.warning("%s: checkpoints from other settings (or beyond %d steps); starting the %s stage afresh", directory, total, stage)
-        shutil.rmtree(directory)
+        shutil.rmtree(directory)  # a sub-folder (vae/, unet/) of the checkpoint workspace this stage marked
         return None
     log.info("%s stage: resuming from step %d (%s)", stage, ckpt["step"], ckpt["path"])
     return ckpt
@@ -642,7 +642,7 @@ def pretrain_prior(
     }
     for name in ("vae", "text_encoder", "unet"):
         components[name].to("cpu")
-    staging = fresh_staging_dir(out)
+    staging = fresh_staging_dir(out, "pretrain-prior")
     models.save_pipeline(staging, components, metadata)
     # The sample grid lives in the folder (like the shipped prior's samples.png); `samples`
     # additionally copies it elsewhere.
@@ -733,51 +733,47 @@ def recorded_request(metadata: dict) -> dict:
     }
 
 
-def is_shipped_copy(folder: Path) -> bool:
-    """True when `folder` is the shipped prior installed by `sync_shipped_prior`."""
-    path = Path(folder) / "dginstyle.json"
-    return path.is_file() and bool(json.loads(path.read_text()).get("installed_from_shipped"))
+def shipped_prior_matches(request: dict) -> bool:
+    """True when the shipped prior was trained on exactly `request` (see `training_request`).
 
-
-def sync_shipped_prior(dest: Path, request: dict) -> str:
-    """Put the shipped prior at `dest` when it was trained on exactly `request`; say what happened.
-
-    Called while the DAG is built: the shipped prior plays the part SD 1.5 plays at paper scale,
-    so the default run starts from a pretrained prior. A copy installed earlier is removed again
-    when the request has changed, so that the pretrain_prior rule trains a new one; a prior the
-    rule trained itself is never touched. Returns "installed", "kept", "removed" or "absent".
+    Read-only and torch-free: the workflow asks this while it plans, to choose between the
+    install_prior and pretrain_prior rules.
     """
-    # No torch here: this runs in the Snakemake process while the DAG is built.
-    def read_metadata(folder: Path) -> dict:
-        path = folder / "dginstyle.json"
-        return json.loads(path.read_text()) if path.is_file() else {}
-
-    dest = Path(dest)
     source = shipped_prior_path()
-    sums_file = source / "SHA256SUMS"
-    shipped_sums = sums_file.read_text() if sums_file.is_file() else None
-    if dest.exists():
-        metadata = read_metadata(dest)
-        if metadata.get("installed_from_shipped") and metadata.get("request") != request:
-            shutil.rmtree(dest)
-            return "removed"
-        if metadata.get("installed_from_shipped") and metadata.get("shipped_sums") != shipped_sums:
-            shutil.rmtree(dest)  # the package ships another prior now: install that one below
-        else:
-            return "kept"
-    if not (source / "dginstyle.json").is_file():
-        return "absent"
-    metadata = read_metadata(source)
-    trained_on = recorded_request(metadata)
+    metadata_file = source / "dginstyle.json"
+    if not metadata_file.is_file():
+        return False
+    trained_on = recorded_request(json.loads(metadata_file.read_text()))
     wanted = {**request, "training": {k: request["training"].get(k) for k in trained_on["training"]}}
-    if trained_on != wanted:
-        return "absent"
+    return trained_on == wanted
+
+
+def shipped_prior_sums() -> str:
+    """The shipped prior's SHA256SUMS text (recorded with an installed copy)."""
+    sums_file = shipped_prior_path() / "SHA256SUMS"
+    return sums_file.read_text() if sums_file.is_file() else ""
+
+
+def shipped_prior_id() -> str:
+    """A short hash of the shipped prior's checksums: part of install_prior's params, so that a
+    package shipping another prior installs it again."""
+    return hashlib.sha256(shipped_prior_sums().encode()).hexdigest()[:16]
+
+
+def install_shipped_prior(dest: Path, request: dict) -> Path:
+    """Copy the shipped prior to `dest`, checked against its checksums, when it was trained on
+    exactly `request`; the shipped prior plays the part SD 1.5 plays at paper scale."""
+    dest = Path(dest)
+    if not shipped_prior_matches(request):
+        raise DataError(f"{shipped_prior_path()}: the shipped prior was not trained on this request (corpus or training settings differ); train one with `dginstyle pretrain-prior`")
+    source = shipped_prior_path()
     verify_shipped_prior(source)
-    staging = fresh_staging_dir(dest)
+    metadata = json.loads((source / "dginstyle.json").read_text())
+    staging = fresh_staging_dir(dest, "install-prior")
     shutil.copytree(source, staging, dirs_exist_ok=True)
-    atomic_write_json(staging / "dginstyle.json", {**metadata, "installed_from_shipped": True, "request": request, "shipped_sums": shipped_sums})
+    atomic_write_json(staging / "dginstyle.json", {**metadata, "installed_from_shipped": True, "request": request, "shipped_sums": shipped_prior_sums()})
     replace_dir(staging, dest)
-    return "installed"
+    return dest
 
 
 def export_shipped(pipeline: Path, dest: Path, half: bool = True) -> dict[str, str]:
@@ -834,7 +830,7 @@ def ship_prior(pipeline: Path, command: str | list[str], samples: Path | None = 
     meta = models.read_metadata(pipeline)
     if meta.get("kind") != "prior":
         raise DataError(f"{pipeline}: not a prior pipeline folder (dginstyle.json kind={meta.get('kind')!r})")
-    staging = fresh_staging_dir(dest)
+    staging = fresh_staging_dir(dest, "ship-prior")
     sums = export_shipped(pipeline, staging)
     if samples is not None:
         shutil.copyfile(samples, staging / "samples.png")
@@ -927,6 +923,29 @@ def add_cli(sub) -> None:
     p.add_argument("--samples", type=Path, help="optional PNG sample grid (weather/style prompts x seeds)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.set_defaults(handler=_run_cli)
+
+
+def add_install_cli(sub) -> None:
+    """Register `install-prior` on an argparse subparsers object."""
+    p = sub.add_parser(
+        "install-prior",
+        help="install the prior shipped in the package when it was trained on exactly the given request",
+        description="Copy dginstyle/assets/prior to --out (checksums verified) when its recorded training request "
+        "equals --request (the workflow's corpus and training settings, as JSON); otherwise fail.",
+    )
+    p.add_argument("--request", required=True, type=_request, help="the training request as a JSON object (see training_request)")
+    p.add_argument("--out", required=True, type=Path, help="pipeline folder to write (replaced only when complete)")
+    p.set_defaults(handler=lambda args: install_shipped_prior(args.out, args.request))
+
+
+def _request(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
 
 
 def _run_cli(args: argparse.Namespace) -> None:

@@ -56,7 +56,7 @@ def assemble_generator(prior: Path, unet: Path, controlnet: Path, out: Path, var
             rebased = rebase_controlnet(cn, unet_p, unet_s, controlnet_path)
     unet_used = unet_s if variant == "no_swap" else unet_p
 
-    staging = fresh_staging_dir(out)
+    staging = fresh_staging_dir(out, "style-swap")
     pipe = StableDiffusionControlNetPipeline(
         vae=components["vae"],
         text_encoder=components["text_encoder"],

@@ -2,7 +2,8 @@
 
 Checkpoints
     <dir>/step_00001200/            one folder per saved step, written as <dir>/.step_*.partial
-        <module>.safetensors        and renamed into place only when complete (atomic)
+        <module>.safetensors        and renamed into place only when complete (atomic; every
+                                    file and the rename fsynced: durable)
         <optimizer>.optim.pt        optimizer state (torch.save; read back weights_only=True)
         rng.pt                      RNG states (tensors only; weights_only=True)
         state.json                  {"step", "modules", "optimizers", "extra"}
@@ -17,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 import re
 import shutil
@@ -26,8 +26,9 @@ from typing import Any
 
 import torch
 
+from dginstyle import durable
 from dginstyle.compat import load_error_line, load_weights, save_weights
-from dginstyle.io import DataError, atomic_write_json
+from dginstyle.io import DataError
 
 log = logging.getLogger(__name__)
 
@@ -181,18 +182,27 @@ def save_checkpoint(
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir()
-    for name, module in modules.items():
-        save_weights(_state_dict(module), staging / f"{name}.safetensors")
-    for name, optimizer in (optimizers or {}).items():
-        torch.save(optimizer.state_dict(), staging / f"{name}.optim.pt")
-    torch.save(dict(rng_state or {}), staging / "rng.pt")
-    atomic_write_json(
-        staging / "state.json",
-        {"step": step, "modules": sorted(modules), "optimizers": sorted(optimizers or {}), "extra": extra or {}},
-    )
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(staging, final)
+    try:
+        # Every file is fsynced before the folder is renamed: after a crash of the machine a
+        # step folder under its final name is complete, never a name over missing data.
+        for name, module in modules.items():
+            save_weights(_state_dict(module), staging / f"{name}.safetensors")
+            durable.fsync_file(staging / f"{name}.safetensors")
+        for name, optimizer in (optimizers or {}).items():
+            durable.torch_save(optimizer.state_dict(), staging / f"{name}.optim.pt")
+        durable.torch_save(dict(rng_state or {}), staging / "rng.pt")
+        durable.write_json(
+            staging / "state.json",
+            {"step": step, "modules": sorted(modules), "optimizers": sorted(optimizers or {}), "extra": extra or {}},
+        )
+        if final.exists():
+            shutil.rmtree(final)
+        durable.replace(staging, final)
+    except BaseException:
+        # A full disk: give the space of the half-written step back, so that the space
+        # freed by the user is not eaten by it (the newest complete step stays).
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     for old in checkpoint_steps(directory)[:-keep] if keep > 0 else []:
         shutil.rmtree(directory / f"step_{old:08d}", ignore_errors=True)
     for child in directory.iterdir():  # leftovers of a killed save

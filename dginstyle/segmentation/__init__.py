@@ -2,7 +2,7 @@
 
 Importing this package is light. `register_modules()` imports the modules that register
 classes in mmseg's registries (the DAFormer and DeepLabV2 heads, HRDA's head and segmentor,
-and the dataset classes); the
+the dataset classes, and the checkpoint hook); the
 configs we write list the same modules under `custom_imports`, so
 `mmseg.apis.init_model(config.py)` finds them too. The models by name: `catalog.py`.
 """
@@ -15,6 +15,7 @@ REGISTERED_MODULES = (
     "dginstyle.segmentation.hrda_head",
     "dginstyle.segmentation.hrda_encoder_decoder",
     "dginstyle.segmentation.datasets",
+    "dginstyle.segmentation.checkpoint_hook",
 )
 
 

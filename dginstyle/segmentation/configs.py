@@ -292,7 +292,9 @@ def training_config(
             timer=dict(type="IterTimerHook"),
             logger=dict(type="LoggerHook", interval=log_interval, log_metric_by_epoch=False),
             param_scheduler=dict(type="ParamSchedulerHook"),
-            checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=checkpoint_interval, max_keep_ckpts=2, save_last=True),
+            # mmengine's CheckpointHook, but a checkpoint is complete under its final name and the
+            # last_checkpoint pointer moves only after it is (checkpoint_hook.py)
+            checkpoint=dict(type="DurableCheckpointHook", by_epoch=False, interval=checkpoint_interval, max_keep_ckpts=2, save_last=True),
             sampler_seed=dict(type="DistSamplerSeedHook"),
         ),
         env_cfg=dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0), dist_cfg=dict(backend="gloo")),

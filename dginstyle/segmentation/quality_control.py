@@ -15,7 +15,9 @@ It lives in the segmentation layer because it needs a segmenter; it reads the sh
 and never imports the generator. The output is a complete shard (images hard-linked or
 copied, pairs.jsonl, filtered labels, manifest.json) built in a hidden folder and moved into
 place at the end, plus quality_control.json: the fraction of labelled pixels filtered,
-overall, per class and per pair.
+overall, per class and per pair. Its manifest is the input shard's with the sha256 of its own
+files (the filtered labels'; the input's label hashes kept as `unfiltered_label_sha256`), so
+that train-segmentation checks it as it checks a generated shard (shard_check.py).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from dginstyle.io import DataError, atomic_write_json, encode_label_png, fresh_staging_dir, read_label_png, replace_dir
+from dginstyle.io import sha256_bytes, sha256_file
 from dginstyle.labels import CLASSES, IGNORE, NUM_CLASSES
 from dginstyle.parallel import default_threads
 
@@ -78,6 +81,7 @@ def quality_control(shard: Path, run: Path, out: Path, mode: str = "class", thre
 
     from dginstyle.segmentation.datasets import generated_samples
     from dginstyle.segmentation.evaluate import load_run, predict_logits, read_bgr
+    from dginstyle.segmentation.shard_check import UNFILTERED_LABEL_SHA256, verify_shard
 
     if mode not in MODES:
         raise DataError(f"quality-control: mode must be one of {MODES}, got {mode!r}")
@@ -86,14 +90,16 @@ def quality_control(shard: Path, run: Path, out: Path, mode: str = "class", thre
     torch.set_num_threads(default_threads())
     shard, run, out = Path(shard), Path(run), Path(out)
     samples = generated_samples(shard)
+    verify_shard(shard, samples, default_threads())  # a damaged pair: one line naming it, before the segmenter loads
     model, cfg = load_run(run)
-    staging = fresh_staging_dir(out)
+    staging = fresh_staging_dir(out, "quality-control")
     (staging / "images").mkdir()
     (staging / "labels").mkdir()
     start = time.perf_counter()
     labelled = np.zeros(NUM_CLASSES, dtype=np.int64)
     removed = np.zeros(NUM_CLASSES, dtype=np.int64)
     pairs = []
+    label_sha256, image_sha256 = {}, {}
     for pair_id, image_path, label_path in samples:
         label = read_label_png(label_path)
         logits = predict_logits(model, cfg, read_bgr(image_path), label.shape)
@@ -106,8 +112,11 @@ def quality_control(shard: Path, run: Path, out: Path, mode: str = "class", thre
         labelled += before
         removed += before - after
         pairs.append({"id": pair_id, "filtered_fraction": round(float((before - after).sum() / max(1, before.sum())), 6)})
-        (staging / "labels" / label_path.name).write_bytes(encode_label_png(filtered))
+        encoded = encode_label_png(filtered)
+        (staging / "labels" / label_path.name).write_bytes(encoded)
+        label_sha256[str(pair_id)] = sha256_bytes(encoded)
         _link_or_copy(image_path, staging / "images" / image_path.name)
+        image_sha256[str(pair_id)] = sha256_file(staging / "images" / image_path.name)
     shutil.copyfile(shard / "pairs.jsonl", staging / "pairs.jsonl")
     manifest = json.loads((shard / "manifest.json").read_text()) if (shard / "manifest.json").is_file() else {}
     settings = {"mode": mode, "threshold": threshold, "segmenter": str(run), "shard": str(shard)}
@@ -122,7 +131,11 @@ def quality_control(shard: Path, run: Path, out: Path, mode: str = "class", thre
         "per_pair": pairs,
         "seconds": round(time.perf_counter() - start, 3),
     }
-    atomic_write_json(staging / "manifest.json", dict(manifest, quality_control=settings))
+    # The hashes are those of this folder's files (train-segmentation checks them); the
+    # generator's label hashes are kept under their own key, as a record of what was filtered.
+    qc_manifest = dict(manifest, quality_control=settings, image_sha256=image_sha256, label_sha256=label_sha256)
+    qc_manifest[UNFILTERED_LABEL_SHA256] = manifest.get("label_sha256")
+    atomic_write_json(staging / "manifest.json", qc_manifest)
     atomic_write_json(staging / REPORT, report)
     replace_dir(staging, out)
     log.info("%s: %d pairs, %.2f%% of labelled pixels filtered (%s, threshold %g)", out, len(samples), 100 * report["filtered_fraction"], mode, threshold)

@@ -31,7 +31,7 @@ import shutil
 import time
 from pathlib import Path
 
-from dginstyle.io import DataError, atomic_write_json, fresh_staging_dir, replace_dir, sha256_file
+from dginstyle.io import DataError, atomic_write_json, fresh_staging_dir, naming, replace_dir, set_aside, sha256_file
 from dginstyle.parallel import default_threads
 from dginstyle.segmentation import shade as shade_defaults
 from dginstyle.segmentation.catalog import MODEL_NAMES
@@ -106,10 +106,7 @@ def set_aside_stale_checkpoints(work_dir: Path, settings: dict) -> None:
             saved = None
         if saved != settings:
             differ = sorted(k for k in set(settings) | set(saved or {}) if (saved or {}).get(k) != settings.get(k))
-            stale = work_dir.with_name(work_dir.name + ".stale")
-            if stale.exists():
-                shutil.rmtree(stale)
-            os.replace(work_dir, stale)
+            stale = set_aside(work_dir, "train-segmentation")
             log.warning("%s: checkpoints of other settings (%s); moved to %s, training afresh", work_dir, ", ".join(differ) or "unreadable record", stale)
     work_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(record, settings)
@@ -157,7 +154,8 @@ def _make_hooks(log_path: Path, log_interval: int, generated_roots: list[str], p
             self.start_time = time.perf_counter()
             if log_path.is_file():  # drop rows past the resumed iteration (written after the last checkpoint)
                 rows = [line for line in log_path.read_text().splitlines() if (it := _log_iter(line)) is not None and it <= runner.iter]
-                log_path.write_text("".join(r + "\n" for r in rows))
+                with naming(log_path):
+                    log_path.write_text("".join(r + "\n" for r in rows))
             if runner.iter == 0 and pretrained is not None:  # after the model's own init_weights
                 path, state = pretrained
                 count = load_into_backbone(runner.model.backbone, state, path)
@@ -201,7 +199,7 @@ def _make_hooks(log_path: Path, log_interval: int, generated_roots: list[str], p
             row["lr"] = self.lr  # backbone lr of this iteration (head: x10)
             row["samples_seen"] = dict(self.origins)  # since this process started
             row["elapsed_s"] = round(time.perf_counter() - self.start_time, 3)
-            with open(log_path, "a") as handle:
+            with naming(log_path), open(log_path, "a") as handle:
                 handle.write(json.dumps(row) + "\n")
 
     return RunHook()
@@ -270,6 +268,7 @@ def train_segmentation(
     from dginstyle.segmentation.configs import training_config
     from dginstyle.segmentation.datasets import generated_samples, prepared_samples
     from dginstyle.segmentation.pretrained import backbone_mismatch, read_backbone_weights
+    from dginstyle.segmentation.shard_check import verify_shard
 
     import_mmseg()
     register_modules()
@@ -284,7 +283,8 @@ def train_segmentation(
     if batch_size < 1 or checkpoint_interval < 1 or log_interval < 1:
         raise DataError("batch size, checkpoint interval and log interval must be >= 1")
     n_source = len(prepared_samples(source, "train"))
-    n_generated = sum(len(generated_samples(g)) for g in generated)
+    generated_pairs = [generated_samples(g) for g in generated]
+    n_generated = sum(len(pairs) for pairs in generated_pairs)
     fd_settings = rcs_settings = None
     if feature_distance:
         from dginstyle.segmentation.feature_distance import THING_CLASSES, check_settings
@@ -317,6 +317,10 @@ def train_segmentation(
                 "a frozen copy of the ImageNet-pretrained backbone; pass --shade-rc-weight 0 to train without it"
             )
 
+    # Every generated file decodes and matches its shard's manifest before anything is built:
+    # mmcv would meet a damaged one only when the sampler draws it, hours in (shard_check.py).
+    for shard, pairs in zip(generated, generated_pairs):
+        verify_shard(shard, pairs, threads)
     # Read (and convert) the pretrained backbone before anything is built, so a refused or
     # unreadable file stops the run at once; it is copied in when training starts.
     pretrained_state = read_backbone_weights(Path(pretrained)) if pretrained is not None else None
@@ -434,7 +438,7 @@ def train_segmentation(
         "iterations_per_second": round((iterations - (start_iter or 0)) / seconds, 4) if seconds > 0 else None,
         "versions": {"torch": torch.__version__, "mmseg": mmseg.__version__, "mmengine": mmengine.__version__},
     }
-    staging = fresh_staging_dir(out)
+    staging = fresh_staging_dir(out, "train-segmentation")
     save_weights(runner.model.state_dict(), staging / WEIGHTS, metadata={"model": model, "iterations": iterations})
     infer_cfg = Config(cfg)
     infer_cfg.pop("resume", None)

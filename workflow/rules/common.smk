@@ -1,6 +1,7 @@
 # Config validation and the helpers the rules share. Nothing here reads the config behind
 # the DAG's back: every value a command needs goes through a rule's params.
 
+import json
 import shlex
 import sys
 import tempfile
@@ -83,14 +84,18 @@ def contact_sheets():
 
 
 def prepare_arguments(wildcards):
-    """The `dginstyle prepare` flags of one dataset, from its config entry."""
+    """The `dginstyle prepare` flags of one dataset, from its config entry, each quoted for the
+    shell (a dataset root is the user's text: it must never run as a command)."""
     entry = config["datasets"][wildcards.dataset]
     prepare = config["prepare"]
     args = [
         entry["format"],
-        f"--name {wildcards.dataset}",
-        f"--rcs-min-pixels {prepare['rcs_min_pixels']}",
-        f"--size-mismatch {prepare['size_mismatch']}",
+        "--name",
+        wildcards.dataset,
+        "--rcs-min-pixels",
+        prepare["rcs_min_pixels"],
+        "--size-mismatch",
+        prepare["size_mismatch"],
     ]
     if entry["format"] == "minicity":
         world = config["minicity"]
@@ -98,18 +103,23 @@ def prepare_arguments(wildcards):
             f"{split}={count}" for split, count in entry["splits"].items()
         )
         args += [
-            f"--domain {entry['domain']}",
-            f"--splits {splits}",
-            f"--seed {world['seed']}",
-            f"--size {world['width']}x{world['height']}",
+            "--domain",
+            entry["domain"],
+            "--splits",
+            splits,
+            "--seed",
+            world["seed"],
+            "--size",
+            f"{world['width']}x{world['height']}",
         ]
         if entry.get("thin_objects_px"):
-            args.append(f"--thin-objects-px {entry['thin_objects_px']}")
+            args += ["--thin-objects-px", entry["thin_objects_px"]]
     else:
-        args.append(f"--root '{entry['root']}'")
+        # --root=VALUE: a root that starts with "-" stays the option's value
+        args.append(f"--root={entry['root']}")
         if entry.get("splits"):
-            args.append(f"--splits {','.join(entry['splits'])}")
-    return " ".join(args)
+            args += ["--splits", ",".join(entry["splits"])]
+    return shlex.join(str(arg) for arg in args)
 
 
 # ----------------------------------------------------------------------------- generator
@@ -137,27 +147,18 @@ wildcard_constraints:
     variant="plain|rebase|no_swap",
 
 
-def install_shipped_prior():
-    """Miniature world: start from the prior shipped in the package when it was trained on this
-    very corpus and settings, as the paper starts from SD 1.5 (`--forcerun pretrain_prior`
-    retrains it; a changed corpus or setting removes the installed copy so the rule trains).
-    """
-    from dginstyle.diffusion.prior import (
-        is_shipped_copy,
-        sync_shipped_prior,
-        training_request,
-    )
+def prior_request():
+    """What the tiny prior is trained from (corpus, VAE extra corpus, training settings): the
+    install_prior / pretrain_prior params, so that a changed request reruns exactly the prior
+    and what depends on it."""
+    from dginstyle.diffusion.prior import training_request
 
-    request = training_request(
+    return training_request(
         prior_corpus_spec(),
         config["prior"]["resolution"],
         config["prior"]["training"],
         vae_extra=corpus_spec(config["prior"]["vae_extra_corpus"]),
     )
-    outcome = sync_shipped_prior(PRIOR, request)
-    if outcome in ("installed", "removed"):
-        print(f"shipped prior: {outcome} ({PRIOR})", file=sys.stderr)
-    return outcome in ("installed", "kept") and is_shipped_copy(PRIOR)
 
 
 def prior_input(wildcards):
@@ -200,14 +201,17 @@ def corpus_spec(name):
 
 
 def vae_extra_corpus_input():
-    """The dataset the tiny VAE also reconstructs, as an input of pretrain_prior (ancient, as
-    the corpus: a shipped prior installed at DAG build stays valid)."""
+    """The dataset the tiny VAE also reconstructs, as an input of pretrain_prior."""
     name = config["prior"]["vae_extra_corpus"]
-    return ancient(f"results/datasets/{name}") if name else []
+    return f"results/datasets/{name}" if name else []
 
 
 def vae_extra_argument(wildcards, input):
-    return f" --vae-extra-corpus {input.vae_extra}" if input.get("vae_extra") else ""
+    return (
+        f" --vae-extra-corpus {shlex.quote(input.vae_extra)}"
+        if input.get("vae_extra")
+        else ""
+    )
 
 
 def weather_schedule_argument(wildcards):
@@ -242,10 +246,22 @@ def generated_shards():
     )
 
 
-SHIPPED_PRIOR_IN_USE = (
-    PRIOR_TRAINED_HERE and config["prior"]["use_shipped"] and install_shipped_prior()
-)
+from dginstyle.diffusion.prior import shipped_prior_id, shipped_prior_matches
 
+
+def shipped_prior_in_use():
+    """Miniature world: start from the prior shipped in the package when it was trained on this
+    very request, as the paper starts from SD 1.5 (rule install_prior); otherwise, or with
+    `prior.use_shipped: false`, rule pretrain_prior trains one. Planning only reads the package.
+    """
+    return (
+        PRIOR_TRAINED_HERE
+        and config["prior"]["use_shipped"]
+        and shipped_prior_matches(prior_request())
+    )
+
+
+SHIPPED_PRIOR_IN_USE = shipped_prior_in_use()
 
 # ----------------------------------------------------------------------------- segmentation
 
@@ -332,53 +348,62 @@ def experiment_crop_size(wildcards):
 
 
 def segmentation_options(wildcards):
-    """Optional train-segmentation flags: the experiment's resizes, the pretrained backbone
-    weights of its model, its feature distance, rare class sampling and SHADE."""
+    """Optional train-segmentation flags, quoted for the shell: the experiment's resizes, the
+    pretrained backbone weights of its model, its feature distance, rare class sampling and SHADE.
+    """
     hp = config["segmentation"]
     experiment = config["experiments"][wildcards.experiment]
     options = []
     if experiment["source_resize"]:
-        options.append("--source-resize {}x{}".format(*experiment["source_resize"]))
+        options += ["--source-resize", "{}x{}".format(*experiment["source_resize"])]
     if experiment["generated_resize"]:
-        options.append(
-            "--generated-resize {}x{}".format(*experiment["generated_resize"])
-        )
+        options += [
+            "--generated-resize",
+            "{}x{}".format(*experiment["generated_resize"]),
+        ]
     # Only where there is generated data, so that changing it leaves source-only runs alone.
     if experiment["data"] != "source" and hp["generated_repeat"] != 1:
-        options.append(f"--generated-repeat {hp['generated_repeat']}")
+        options += ["--generated-repeat", hp["generated_repeat"]]
     pretrained = pretrained_weights(config, experiment_model(wildcards))
     if pretrained:
-        options.append(f"--pretrained {shlex.quote(pretrained)}")
+        options += ["--pretrained", pretrained]
     if experiment["feature_distance"]:
-        options.append(
-            "--feature-distance --fd-lambda {} --fd-classes {} --fd-min-ratio {}".format(
-                hp["feature_distance_lambda"],
-                ",".join(str(c) for c in hp["feature_distance_classes"]),
-                hp["feature_distance_min_ratio"],
-            )
-        )
+        options += [
+            "--feature-distance",
+            "--fd-lambda",
+            hp["feature_distance_lambda"],
+            "--fd-classes",
+            ",".join(str(c) for c in hp["feature_distance_classes"]),
+            "--fd-min-ratio",
+            hp["feature_distance_min_ratio"],
+        ]
     if experiment["rare_class_sampling"]:
-        options.append(
-            "--rare-class-sampling --rcs-temperature {} --rcs-min-crop-ratio {}".format(
-                hp["rcs_temperature"], hp["rcs_min_crop_ratio"]
-            )
-        )
+        options += [
+            "--rare-class-sampling",
+            "--rcs-temperature",
+            hp["rcs_temperature"],
+            "--rcs-min-crop-ratio",
+            hp["rcs_min_crop_ratio"],
+        ]
         if hp["rcs_min_pixels"] is not None:
-            options.append(f"--rcs-min-pixels {hp['rcs_min_pixels']}")
+            options += ["--rcs-min-pixels", hp["rcs_min_pixels"]]
     if experiment["shade"]:
-        options.append(
-            "--shade --shade-basis-styles {} --shade-concentration {} --shade-basis-interval {}"
-            " --shade-sc-weight {} --shade-rc-weight {}".format(
-                hp["shade_basis_styles"],
-                hp["shade_concentration"],
-                hp["shade_basis_interval"],
-                hp["shade_style_consistency_weight"],
-                hp["shade_retrospection_weight"],
-            )
-        )
+        options += [
+            "--shade",
+            "--shade-basis-styles",
+            hp["shade_basis_styles"],
+            "--shade-concentration",
+            hp["shade_concentration"],
+            "--shade-basis-interval",
+            hp["shade_basis_interval"],
+            "--shade-sc-weight",
+            hp["shade_style_consistency_weight"],
+            "--shade-rc-weight",
+            hp["shade_retrospection_weight"],
+        ]
         if hp["shade_basis_samples"] is not None:
-            options.append(f"--shade-basis-samples {hp['shade_basis_samples']}")
-    return " ".join(options)
+            options += ["--shade-basis-samples", hp["shade_basis_samples"]]
+    return shlex.join(str(option) for option in options)
 
 
 def test_size_option(wildcards):
@@ -387,7 +412,7 @@ def test_size_option(wildcards):
     size = config["experiments"][wildcards.experiment]["test_sizes"].get(
         wildcards.target
     )
-    return "--test-size {}x{}".format(*size) if size else ""
+    return shlex.join(["--test-size", "{}x{}".format(*size)]) if size else ""
 
 
 def metrics_files():
@@ -400,8 +425,6 @@ def metrics_files():
 
 
 # ----------------------------------------------------------------------------- tables
-
-import json
 
 from dginstyle.config import config_hash
 from dginstyle.tables import needed_metrics, spec_seeds

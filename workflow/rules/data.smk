@@ -17,7 +17,7 @@ rule prepare_dataset:
     params:
         args=prepare_arguments,
     shell:
-        "python -m dginstyle prepare {params.args} --workers {threads} --out {output} > {log} 2>&1"
+        "python -m dginstyle prepare {params.args} --workers {threads} --out {output:q} > {log:q} 2>&1"
 
 
 rule contact_sheet:
@@ -43,4 +43,4 @@ rule contact_sheet:
     params:
         samples=config["prepare"]["contact_sheet_count"],
     shell:
-        "python -m dginstyle contact-sheet --dataset {input} --count {params.samples} --out {output} > {log} 2>&1"
+        "python -m dginstyle contact-sheet --dataset {input:q} --count {params.samples:q} --out {output:q} > {log:q} 2>&1"

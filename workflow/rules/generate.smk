@@ -24,12 +24,12 @@ rule select_layouts:
         weather=weather_schedule_argument,
         sampling=layout_sampling,
     shell:
-        "python -m dginstyle select-layouts --source {input.source} --out {output}"
-        " --num-pairs {params.hp[num_pairs]} --crop-size {params.hp[crop_size]}"
-        " --crop-tries {params.hp[crop_tries]} --crop-min-share {params.hp[crop_min_share]}"
-        " --rcs-temperature {params.rcs_temperature} --rcs-min-pixels {params.rcs_min_pixels}"
-        " --weather {params.weather} --sampling {params.sampling} --seed {params.hp[seed]}"
-        " > {log} 2>&1"
+        "python -m dginstyle select-layouts --source {input.source:q} --out {output:q}"
+        " --num-pairs {params.hp[num_pairs]:q} --crop-size {params.hp[crop_size]:q}"
+        " --crop-tries {params.hp[crop_tries]:q} --crop-min-share {params.hp[crop_min_share]:q}"
+        " --rcs-temperature {params.rcs_temperature:q} --rcs-min-pixels {params.rcs_min_pixels:q}"
+        " --weather {params.weather:q} --sampling {params.sampling:q} --seed {params.hp[seed]:q}"
+        " > {log:q} 2>&1"
 
 
 rule generate:
@@ -67,14 +67,14 @@ rule generate:
         hp=settings(config["generation"]),
         mode=generated_set_mode,
     shell:
-        "python -m dginstyle generate --generator {input.generator} --plan {input.plan}"
-        " --source {input.source} --shard {wildcards.shard} --num-shards {params.hp[shards]}"
-        " --out {output} --mode {params.mode} --scale {params.hp[scale]} --steps {params.hp[steps]}"
-        " --guidance-scale {params.hp[guidance_scale]} --controlnet-scale {params.hp[controlnet_scale]}"
-        " --window {params.hp[window]} --stride {params.hp[stride]}"
-        " --area-threshold {params.hp[area_threshold]} --fusion-timestep {params.hp[fusion_timestep]}"
-        " --timestep-spacing {params.hp[timestep_spacing]}"
-        " --max-batch {params.hp[max_batch]} > {log} 2>&1"
+        "python -m dginstyle generate --generator {input.generator:q} --plan {input.plan:q}"
+        " --source {input.source:q} --shard {wildcards.shard:q} --num-shards {params.hp[shards]:q}"
+        " --out {output:q} --mode {params.mode:q} --scale {params.hp[scale]:q} --steps {params.hp[steps]:q}"
+        " --guidance-scale {params.hp[guidance_scale]:q} --controlnet-scale {params.hp[controlnet_scale]:q}"
+        " --window {params.hp[window]:q} --stride {params.hp[stride]:q}"
+        " --area-threshold {params.hp[area_threshold]:q} --fusion-timestep {params.hp[fusion_timestep]:q}"
+        " --timestep-spacing {params.hp[timestep_spacing]:q}"
+        " --max-batch {params.hp[max_batch]:q} > {log:q} 2>&1"
 
 
 # An upper bound, not the method (dginstyle/diffusion/oracle.py): the plan's crops as a perfect
@@ -109,9 +109,9 @@ rule render_oracle:
         shards=config["generation"]["shards"],
         look=oracle_look,
     shell:
-        "python -m dginstyle render-oracle --plan {input.plan} --source {input.source}"
-        " --shard {wildcards.shard} --num-shards {params.shards} --look {params.look}"
-        " --out {output} > {log} 2>&1"
+        "python -m dginstyle render-oracle --plan {input.plan:q} --source {input.source:q}"
+        " --shard {wildcards.shard:q} --num-shards {params.shards:q} --look {params.look:q}"
+        " --out {output:q} > {log:q} 2>&1"
 
 
 rule style_swap_figure:
@@ -144,8 +144,8 @@ rule style_swap_figure:
         controlnet_scale=config["generation"]["controlnet_scale"],
         spacing=config["generation"]["timestep_spacing"],
     shell:
-        "python -m dginstyle style-swap-figure --swapped {input.swapped} --unswapped {input.unswapped}"
-        " --plan {input.plan} --source {input.source} --out {output.figure} --count 4"
-        " --steps {params.steps} --guidance-scale {params.guidance} --controlnet-scale {params.controlnet_scale}"
-        " --timestep-spacing {params.spacing}"
-        " --numbers {output.numbers} > {log} 2>&1"
+        "python -m dginstyle style-swap-figure --swapped {input.swapped:q} --unswapped {input.unswapped:q}"
+        " --plan {input.plan:q} --source {input.source:q} --out {output.figure:q} --count 4"
+        " --steps {params.steps:q} --guidance-scale {params.guidance:q} --controlnet-scale {params.controlnet_scale:q}"
+        " --timestep-spacing {params.spacing:q}"
+        " --numbers {output.numbers:q} > {log:q} 2>&1"

@@ -3,13 +3,31 @@
 # a killed job (which Snakemake cleans up) resumes from its last checkpoint when rerun.
 
 
-if PRIOR_TRAINED_HERE:
+if SHIPPED_PRIOR_IN_USE:
+
+    rule install_prior:
+        output:
+            prior=directory(PRIOR),
+        log:
+            "results/logs/install_prior.log",
+        benchmark:
+            "results/benchmarks/rules/install_prior.tsv"
+        conda:
+            "../../envs/generation.yaml"
+        threads: 1
+        resources:
+            runtime=10,
+        params:
+            request=json.dumps(prior_request(), sort_keys=True),
+            shipped=shipped_prior_id(),
+        shell:
+            "python -m dginstyle install-prior --request {params.request:q} --out {output.prior:q} > {log:q} 2>&1"
+
+elif PRIOR_TRAINED_HERE:
 
     rule pretrain_prior:
         input:
-            # ancient: the shipped prior installed at DAG build stays valid although the corpus
-            # folder is rendered later; a changed corpus spec reaches the job through params.
-            corpus=ancient(f"results/datasets/{config['prior']['corpus']}"),
+            corpus=f"results/datasets/{config['prior']['corpus']}",
             vae_extra=vae_extra_corpus_input(),
         output:
             prior=directory(PRIOR),  # holds samples.png, a grid of weather/style prompts
@@ -31,14 +49,14 @@ if PRIOR_TRAINED_HERE:
             training=config["prior"]["training"],
             checkpoints="results/checkpoints/pretrain_prior",
         shell:
-            "python -m dginstyle pretrain-prior --corpus {input.corpus} --out {output.prior}"
-            " --checkpoints {params.checkpoints} --resolution {params.resolution}"
-            " --vae-steps {params.training[vae_steps]} --unet-steps {params.training[unet_steps]}"
-            " --batch-size {params.training[batch_size]} --vae-batch-size {params.training[vae_batch_size]}"
-            " --vae-crop {params.training[vae_crop]} --vae-learning-rate {params.training[vae_learning_rate]}"
-            " --learning-rate {params.training[learning_rate]} --seed {params.training[seed]}"
-            " --prediction-type {params.training[prediction_type]}"
-            " --checkpoint-every {params.training[checkpoint_every]}{params.vae_extra} > {log} 2>&1"
+            "python -m dginstyle pretrain-prior --corpus {input.corpus:q} --out {output.prior:q}"
+            " --checkpoints {params.checkpoints:q} --resolution {params.resolution:q}"
+            " --vae-steps {params.training[vae_steps]:q} --unet-steps {params.training[unet_steps]:q}"
+            " --batch-size {params.training[batch_size]:q} --vae-batch-size {params.training[vae_batch_size]:q}"
+            " --vae-crop {params.training[vae_crop]:q} --vae-learning-rate {params.training[vae_learning_rate]:q}"
+            " --learning-rate {params.training[learning_rate]:q} --seed {params.training[seed]:q}"
+            " --prediction-type {params.training[prediction_type]:q}"
+            " --checkpoint-every {params.training[checkpoint_every]:q}{params.vae_extra} > {log:q} 2>&1"
 
 
 rule finetune_unet:
@@ -69,16 +87,16 @@ rule finetune_unet:
         ),
         checkpoints="results/checkpoints/finetune_unet",
     shell:
-        "python -m dginstyle finetune-unet --prior {params.prior} --source {input.source}"
-        " --out {output} --checkpoints {params.checkpoints} --steps {params.hp[steps]}"
-        " --learning-rate {params.hp[learning_rate]} --batch-size {params.hp[batch_size]}"
-        " --gradient-accumulation {params.hp[gradient_accumulation]}"
-        " --adam-beta1 {params.hp[adam_beta1]} --adam-beta2 {params.hp[adam_beta2]}"
-        " --weight-decay {params.hp[weight_decay]} --adam-epsilon {params.hp[adam_epsilon]}"
-        " --max-grad-norm {params.hp[max_grad_norm]} --resize-ratios {params.ratios}"
-        " --crop-size {params.hp[crop_size]} --mixed-precision {params.hp[mixed_precision]}"
-        " {params.checkpointing} --seed {params.hp[seed]}"
-        " --checkpoint-every {params.hp[checkpoint_every]} > {log} 2>&1"
+        "python -m dginstyle finetune-unet --prior {params.prior:q} --source {input.source:q}"
+        " --out {output:q} --checkpoints {params.checkpoints:q} --steps {params.hp[steps]:q}"
+        " --learning-rate {params.hp[learning_rate]:q} --batch-size {params.hp[batch_size]:q}"
+        " --gradient-accumulation {params.hp[gradient_accumulation]:q}"
+        " --adam-beta1 {params.hp[adam_beta1]:q} --adam-beta2 {params.hp[adam_beta2]:q}"
+        " --weight-decay {params.hp[weight_decay]:q} --adam-epsilon {params.hp[adam_epsilon]:q}"
+        " --max-grad-norm {params.hp[max_grad_norm]:q} --resize-ratios {params.ratios:q}"
+        " --crop-size {params.hp[crop_size]:q} --mixed-precision {params.hp[mixed_precision]:q}"
+        " {params.checkpointing} --seed {params.hp[seed]:q}"
+        " --checkpoint-every {params.hp[checkpoint_every]:q} > {log:q} 2>&1"
 
 
 rule train_controlnet:
@@ -104,14 +122,14 @@ rule train_controlnet:
         hp=settings(config["controlnet"]),
         checkpoints="results/checkpoints/train_controlnet",
     shell:
-        "python -m dginstyle train-controlnet --prior {params.prior} --unet {input.unet}"
-        " --source {input.source} --out {output} --checkpoints {params.checkpoints}"
-        " --steps {params.hp[steps]} --learning-rate {params.hp[learning_rate]}"
-        " --batch-size {params.hp[batch_size]} --gradient-accumulation {params.hp[gradient_accumulation]}"
-        " --crop-size {params.hp[crop_size]} --rcs-temperature {params.hp[rcs_temperature]}"
-        " --rcs-min-pixels {params.hp[rcs_min_pixels]} --validation-every {params.hp[validation_every]}"
-        " --mixed-precision {params.hp[mixed_precision]} --seed {params.hp[seed]}"
-        " --checkpoint-every {params.hp[checkpoint_every]} > {log} 2>&1"
+        "python -m dginstyle train-controlnet --prior {params.prior:q} --unet {input.unet:q}"
+        " --source {input.source:q} --out {output:q} --checkpoints {params.checkpoints:q}"
+        " --steps {params.hp[steps]:q} --learning-rate {params.hp[learning_rate]:q}"
+        " --batch-size {params.hp[batch_size]:q} --gradient-accumulation {params.hp[gradient_accumulation]:q}"
+        " --crop-size {params.hp[crop_size]:q} --rcs-temperature {params.hp[rcs_temperature]:q}"
+        " --rcs-min-pixels {params.hp[rcs_min_pixels]:q} --validation-every {params.hp[validation_every]:q}"
+        " --mixed-precision {params.hp[mixed_precision]:q} --seed {params.hp[seed]:q}"
+        " --checkpoint-every {params.hp[checkpoint_every]:q} > {log:q} 2>&1"
 
 
 rule style_swap:
@@ -134,5 +152,5 @@ rule style_swap:
     params:
         prior=prior_argument,
     shell:
-        "python -m dginstyle style-swap --prior {params.prior} --unet {input.unet}"
-        " --controlnet {input.controlnet} --variant {wildcards.variant} --out {output} > {log} 2>&1"
+        "python -m dginstyle style-swap --prior {params.prior:q} --unet {input.unet:q}"
+        " --controlnet {input.controlnet:q} --variant {wildcards.variant:q} --out {output:q} > {log:q} 2>&1"

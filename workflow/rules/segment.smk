@@ -29,13 +29,13 @@ rule train_segmentation:
         options=segmentation_options,
         work_dir="results/checkpoints/segmentation/{experiment}/seed{seed}",
     shell:
-        "python -m dginstyle train-segmentation --source {input.source} --generated {input.generated}"
-        " --out {output} --work-dir {params.work_dir} --model {params.model}"
-        " --iterations {params.hp[iterations]} --batch-size {params.hp[batch_size]}"
-        " --crop-size {params.crop_size} --learning-rate {params.hp[learning_rate]}"
-        " --weight-decay {params.hp[weight_decay]} --warmup-iterations {params.hp[warmup_iterations]}"
-        " --poly-power {params.hp[poly_power]} --seed {wildcards.seed}"
-        " --checkpoint-interval {params.hp[checkpoint_interval]} {params.options} > {log} 2>&1"
+        "python -m dginstyle train-segmentation --source {input.source:q} --generated {input.generated:q}"
+        " --out {output:q} --work-dir {params.work_dir:q} --model {params.model:q}"
+        " --iterations {params.hp[iterations]:q} --batch-size {params.hp[batch_size]:q}"
+        " --crop-size {params.crop_size:q} --learning-rate {params.hp[learning_rate]:q}"
+        " --weight-decay {params.hp[weight_decay]:q} --warmup-iterations {params.hp[warmup_iterations]:q}"
+        " --poly-power {params.hp[poly_power]:q} --seed {wildcards.seed:q}"
+        " --checkpoint-interval {params.hp[checkpoint_interval]:q} {params.options} > {log:q} 2>&1"
 
 
 rule evaluate:
@@ -62,8 +62,8 @@ rule evaluate:
         split=config["evaluation"]["split"],
         test_size=test_size_option,
     shell:
-        "python -m dginstyle evaluate --run {input.run} --dataset {input.dataset}"
-        " --split {params.split} --out {output} {params.test_size} > {log} 2>&1"
+        "python -m dginstyle evaluate --run {input.run:q} --dataset {input.dataset:q}"
+        " --split {params.split:q} --out {output:q} {params.test_size} > {log:q} 2>&1"
 
 
 rule quality_control:
@@ -84,5 +84,5 @@ rule quality_control:
     params:
         hp=settings(config["quality_control"]),
     shell:
-        "python -m dginstyle quality-control --shard {input.shard} --run {input.segmenter}"
-        " --out {output} --mode {params.hp[mode]} --threshold {params.hp[threshold]} > {log} 2>&1"
+        "python -m dginstyle quality-control --shard {input.shard:q} --run {input.segmenter:q}"
+        " --out {output:q} --mode {params.hp[mode]:q} --threshold {params.hp[threshold]:q} > {log:q} 2>&1"

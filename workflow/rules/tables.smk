@@ -29,8 +29,8 @@ rule table:
         config_hash=config_hash(config),
     shell:
         "python -m dginstyle make-table --spec {params.spec:q} --metrics results/metrics"
-        " --seeds {params.seeds} --config-hash {params.config_hash}"
-        " --out-prefix results/tables/{wildcards.table} --plot {output.plot} > {log} 2>&1"
+        " --seeds {params.seeds:q} --config-hash {params.config_hash:q}"
+        " --out-prefix results/tables/{wildcards.table:q} --plot {output.plot:q} > {log:q} 2>&1"
 
 
 rule training_curves:
@@ -59,5 +59,5 @@ rule training_curves:
         mem_mb=1000,
         runtime=10,
     shell:
-        "python -m dginstyle training-curves --unet-source {input.unet_source}"
-        " --controlnet {input.controlnet} --runs {input.runs} --out {output} > {log} 2>&1"
+        "python -m dginstyle training-curves --unet-source {input.unet_source:q}"
+        " --controlnet {input.controlnet:q} --runs {input.runs:q} --out {output:q} > {log:q} 2>&1"
