@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+from hypothesis.configuration import set_hypothesis_home_dir
+
+# Hypothesis keeps no example database and its caches outside the checkout (by default it
+# writes .hypothesis/ into the working directory).
+settings.register_profile("no_database", database=None)
+settings.load_profile("no_database")
+set_hypothesis_home_dir(tempfile.mkdtemp(prefix="dginstyle-hypothesis-"))
 
 REPO = Path(__file__).resolve().parent.parent
 # What the suite must leave as it found it: a user's finished run (results/) and Snakemake's
-# record of it (.snakemake/), so that running the tests never makes the next run redo work.
-GUARDED = ("results", ".snakemake")
+# record of it (.snakemake/), so that running the tests never makes the next run redo work, and
+# no example database of Hypothesis.
+GUARDED = ("results", ".snakemake", ".hypothesis")
 
 
 def checkout_state() -> dict[str, tuple]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -43,6 +46,18 @@ def test_unlabelled_prior_sheet_shows_captions(tmp_path):
     out = tmp_path / "prior.png"
     contact_sheet(data, out, count=4)
     assert _size(out) == (2 * ROW_HEIGHT + GAP + CAPTION_WIDTH, TITLE_HEIGHT + 4 * (ROW_HEIGHT + GAP))
+    # Each row's caption panel holds its caption's text: ink on the background, and rows whose
+    # captions differ differ there too.
+    with Image.open(out) as img:
+        sheet = np.asarray(img)
+    panels = [sheet[TITLE_HEIGHT + r * (ROW_HEIGHT + GAP) : TITLE_HEIGHT + r * (ROW_HEIGHT + GAP) + ROW_HEIGHT, -CAPTION_WIDTH:] for r in range(4)]
+    background = panels[0][-1, -1]
+    assert all((panel != background).any(axis=-1).mean() > 0.01 for panel in panels)
+    captions = [row["caption"] for row in map(json.loads, (data / "captions.jsonl").read_text().splitlines())][:4]
+    for a in range(4):
+        for b in range(a + 1, 4):
+            if captions[a] != captions[b]:
+                assert not np.array_equal(panels[a], panels[b]), (captions[a], captions[b])
 
 
 def test_linked_images_of_other_sizes(tmp_path):
@@ -64,10 +79,15 @@ def test_linked_images_of_other_sizes(tmp_path):
 
 
 def test_errors(tmp_path):
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path / 'nothing'}: not a prepared dataset (no manifest.json)")):
         contact_sheet(tmp_path / "nothing", tmp_path / "x.png")
     data = tmp_path / "game"
     prepare_minicity(data, "game", {"train": 1}, 0, 64, 32, 1, None, 10)
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match=re.escape(f"{data}: no split 'test' (missing test.txt)")):
         contact_sheet(data, tmp_path / "x.png", split="test")
+    with pytest.raises(DataError, match="count must be >= 1, got 0"):
+        contact_sheet(data, tmp_path / "x.png", count=0)
+    (data / "train.txt").write_text("")
+    with pytest.raises(DataError, match=re.escape(f"{data}: split 'train' is empty")):
+        contact_sheet(data, tmp_path / "x.png", split="train")
     assert not (tmp_path / "x.png").exists()
