@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import test_bad_input as bad_input
 from dginstyle.cli import main
 from dginstyle.io import DataError
 
@@ -23,13 +24,7 @@ pytest.importorskip("mmseg")
 def make_shard(folder: Path, count: int = 3) -> Path:
     """A shard as `generate` writes it: images, labels, pairs.jsonl and a manifest with the
     sha256 of every file."""
-    rng = np.random.default_rng(0)
-    (folder / "images").mkdir(parents=True)
-    (folder / "labels").mkdir()
-    for i in range(count):
-        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / "images" / f"{i}.png")
-        Image.fromarray(rng.integers(0, 19, (32, 32), dtype=np.uint8)).save(folder / "labels" / f"{i}.png")
-    (folder / "pairs.jsonl").write_text("".join(json.dumps({"id": i, "prompt": "road"}) + "\n" for i in range(count)))
+    bad_input.make_shard(folder, count)
     digest = {kind: {str(i): hashlib.sha256((folder / kind / f"{i}.png").read_bytes()).hexdigest() for i in range(count)} for kind in ("images", "labels")}
     manifest = {"config": {"generator": "test"}, "pairs": count, "ids": list(range(count)), "label_sha256": digest["labels"], "image_sha256": digest["images"]}
     (folder / "manifest.json").write_text(json.dumps(manifest))
