@@ -62,3 +62,18 @@ def test_apply_lut_matches_elementwise_mapping(raw):
 def test_apply_lut_reports_exactly_the_out_of_range_values(raw):
     _, bad = labels.apply_lut(raw, labels.mapillary_v12_to_train_id())
     assert set(bad.tolist()) == {int(v) for v in np.unique(raw) if v >= 66}
+
+
+def test_apply_lut_flags_only_values_outside_the_range_and_keeps_road():
+    """Train ID 0 (road) is a class, not a flag; the invalid values come back in the label's dtype."""
+    table = labels.cityscapes_id_to_train_id()
+    assert table.dtype == np.int16  # the documented table: raw value -> train ID, 255, or INVALID
+    raw = np.array([[7, 34, 0], [255, 7, 33]], np.uint8)  # road, out of range, unlabeled, out of range, road, bicycle
+    mapped, bad = labels.apply_lut(raw, table)
+    assert bad.tolist() == [34, 255] and bad.dtype == np.uint8 and mapped.dtype == np.uint8
+    assert mapped[0, 0] == 0 and mapped[1, 1] == 0 and mapped[0, 2] == 255 and mapped[1, 2] == 18
+    mapped, bad = labels.apply_lut(np.array([[7, 8]], np.uint8), table)
+    assert mapped.tolist() == [[0, 1]] and bad.size == 0 and bad.dtype == np.uint8
+    mapillary = labels.mapillary_v12_to_train_id()
+    _, bad = labels.apply_lut(np.array([[13, 66, 24, 41, 200]], np.uint8), mapillary)
+    assert bad.tolist() == [66, 200]
