@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
-from dginstyle.io import naming
+from dginstyle.io import json_text, naming
 
 
 def fsync_dir(folder: str | os.PathLike) -> None:
@@ -68,7 +67,7 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """As dginstyle.io.atomic_write_json (the same bytes), made durable."""
-    write_bytes(path, (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode("utf-8"))
+    write_bytes(path, json_text(obj).encode("utf-8"))
 
 
 def torch_save(obj: Any, path: str | os.PathLike) -> None:

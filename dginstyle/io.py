@@ -95,8 +95,13 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def json_text(obj: Any) -> str:
+    """How every JSON artifact of the project is written (one space indent, keys in order)."""
+    return json.dumps(obj, indent=1, sort_keys=False) + "\n"
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=False) + "\n")
+    atomic_write_text(path, json_text(obj))
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -178,13 +183,14 @@ def mark(folder: str | os.PathLike, stage: str) -> None:
     (Path(folder) / STAGE_MARKER).write_text(stage + "\n", encoding="utf-8")
 
 
-def _ours_or_empty(folder: Path, stage: str) -> bool:
+def ours_or_empty(folder: Path, stage: str) -> bool:
+    """True when `folder` is a real folder that `stage` made (its marker) or that is empty."""
     return folder.is_dir() and not folder.is_symlink() and (stage_of(folder) == stage or not any(folder.iterdir()))
 
 
 def remove_ours(folder: Path, stage: str) -> None:
     """Delete a folder this stage made (its marker says so); refuse anything else."""
-    if not _ours_or_empty(folder, stage):
+    if not ours_or_empty(folder, stage):
         raise DataError(f"{folder}: not made by `dginstyle {stage}` (no {STAGE_MARKER} marker); refusing to delete it, remove it yourself")
     shutil.rmtree(folder)
 
@@ -212,7 +218,7 @@ def replace_dir(staging: Path, final: Path) -> None:
     if old.exists() or old.is_symlink():
         remove_ours(old, stage)
     if final.exists() or final.is_symlink():
-        if not _ours_or_empty(final, stage):
+        if not ours_or_empty(final, stage):
             raise DataError(f"{final}: not made by `dginstyle {stage}` (no {STAGE_MARKER} marker); refusing to replace it, choose another output path")
         os.replace(final, old)
     os.replace(staging, final)

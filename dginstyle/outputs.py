@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Iterable
 
-from dginstyle.io import STAGE_MARKER, DataError, mark, stage_of
+from dginstyle.io import STAGE_MARKER, DataError, mark, ours_or_empty, stage_of
 
 #: The kinds of output a stage argument can be (anything else is a file suffix such as ".png").
 FOLDER = "folder"  # built in a staging folder and renamed into place when complete
@@ -40,10 +40,10 @@ def may_replace(folder: Path, stage: str, kind: str = FOLDER) -> bool:
     folder = Path(folder)
     if not folder.exists() and not folder.is_symlink():
         return True
+    if ours_or_empty(folder, stage):
+        return True
     if folder.is_symlink() or not folder.is_dir():
         return False
-    if stage_of(folder) == stage or not any(folder.iterdir()):
-        return True
     pattern = UNMARKED_WORKSPACES.get(stage) if kind == WORKSPACE else None
     return bool(pattern) and stage_of(folder) is None and all(re.fullmatch(pattern, entry.name) for entry in folder.iterdir())
 

@@ -248,8 +248,7 @@ def _hidden_leftovers(folder: Path) -> list[str]:
 def test_train_segmentation_on_a_full_disk_fails_in_one_line_then_resumes(small_disk, tmp_path):
     import json
 
-    import torch
-
+    from dginstyle.compat import load_trusted_checkpoint
     from dginstyle.data.prepare import prepare
 
     prepare("minicity", tmp_path / "source", domain="game", splits="train=4", seed=0, size="64x32", rcs_min_pixels=3, workers=1)
@@ -273,7 +272,7 @@ def test_train_segmentation_on_a_full_disk_fails_in_one_line_then_resumes(small_
     _one_line_space_error(result.stderr, "train-segmentation", work / "iter_4.pth")
     assert not (work / "iter_4.pth").exists() and not _hidden_leftovers(work)  # nothing truncated under any name
     assert (work / "last_checkpoint").read_text() == str(checkpoint) and checkpoint.read_bytes() == before
-    assert torch.load(checkpoint, map_location="cpu", weights_only=False)["meta"]["iter"] == 2
+    assert load_trusted_checkpoint(checkpoint, work)["meta"]["iter"] == 2
 
     ballast.unlink()  # space again: the rerun resumes from iteration 2
     again = _dginstyle(*argv, "--iterations", "4")

@@ -48,8 +48,9 @@ from dginstyle.diffusion import models
 from dginstyle.diffusion.layouts import crop_of, read_plan
 from dginstyle.diffusion.style_swap import load_generator
 from dginstyle.diffusion.mrlf import FUSION_TIMESTEPS, MODES, TIMESTEP_SPACINGS, MRLFSettings, generate_image, vae_downsample
-from dginstyle.io import DataError, atomic_write_bytes, atomic_write_json, encode_label_png, encode_rgb_png, read_label_png, mark, naming, remove_ours, replace_dir, sha256_file, stage_of, write_bytes
+from dginstyle.io import DataError, atomic_write_bytes, atomic_write_json, encode_label_png, encode_rgb_png, read_label_png, naming, remove_ours, replace_dir, sha256_file, write_bytes
 from dginstyle.labels import colorize
+from dginstyle.outputs import claim_workspace
 
 log = logging.getLogger(__name__)
 
@@ -280,9 +281,7 @@ def generate_shard(
     if work.exists() and (not (work / RUN).is_file() or json.loads((work / RUN).read_text()) != config):
         log.info("%s: configuration changed, starting the shard afresh", work)
         remove_ours(work, "generate")
-    work.mkdir(parents=True, exist_ok=True)
-    if stage_of(work) is None:
-        mark(work, "generate")
+    claim_workspace(work, "generate")
     if not (work / RUN).is_file():
         atomic_write_json(work / RUN, config)
     done = recover(work)

@@ -32,8 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dginstyle.io import DataError, atomic_write_json, encode_label_png, fresh_staging_dir, read_label_png, replace_dir
-from dginstyle.io import sha256_bytes, sha256_file
+from dginstyle.io import DataError, atomic_write_json, encode_label_png, fresh_staging_dir, read_label_png, replace_dir, sha256_bytes, sha256_file
 from dginstyle.labels import CLASSES, IGNORE, NUM_CLASSES
 from dginstyle.parallel import default_threads
 
