@@ -64,8 +64,8 @@ wildcard_constraints:
 
 def final_datasets():
     """The datasets `all` asks for. While the shipped prior stands in for a trained one, its
-    corpus and its VAE's extra corpus are left out: rendering them would make pretrain_prior's
-    input newer and retrain it (ask for them or their contact sheets by name to get them).
+    corpus and its VAE's extra corpus are left out: nothing trains on them then (ask for them
+    or their contact sheets by name to get them).
     """
     if SHIPPED_PRIOR_IN_USE:
         prior_only = {config["prior"]["corpus"], config["prior"]["vae_extra_corpus"]}
