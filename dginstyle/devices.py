@@ -1,4 +1,8 @@
-"""One GPU per job on a multi-GPU workstation.
+"""Which device a stage runs on, and one GPU per job on a multi-GPU workstation.
+
+Every stage that runs a network takes `--device` (`auto`, `cpu`, `cuda`, `cuda:N`); `auto` is
+CUDA when torch sees a GPU, else the CPU (`resolve_device`).
+
 
 Snakemake counts GPUs (`--resources gpu=N` lets at most N jobs declaring `gpu=1` run at once)
 but never says which device a job gets: without help every job lands on device 0. So a GPU
@@ -24,6 +28,7 @@ from pathlib import Path
 from typing import Callable, Mapping, MutableMapping
 
 LOCKS_VARIABLE = "DGINSTYLE_GPU_LOCKS"
+DEVICE_CHOICES_HELP = "auto (CUDA when present, else CPU), cpu, cuda or cuda:N"
 
 log = logging.getLogger(__name__)
 
@@ -114,3 +119,28 @@ def claim_for_job(environ: MutableMapping[str, str] = os.environ, dev: Path = Pa
     environ["CUDA_VISIBLE_DEVICES"] = held.device
     log.info("using GPU %s (lock %s)", held.device, held.lock_file)
     return held
+
+
+def resolve_device(requested: str = "auto") -> str:
+    """The torch device name a stage runs on: `auto` is "cuda" when torch sees a GPU, else "cpu".
+
+    A request for a GPU that is not there fails here, in one line, instead of deep inside torch.
+    """
+    import torch
+
+    from dginstyle.io import DataError  # a bad --device is bad input: one line, exit 1
+
+    requested = (requested or "auto").strip().lower()
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cpu":
+        return "cpu"
+    match = re.fullmatch(r"cuda(?::(\d+))?", requested)
+    if match is None:
+        raise DataError(f"--device {requested!r}: expected {DEVICE_CHOICES_HELP}")
+    if not torch.cuda.is_available():
+        raise DataError(f"--device {requested}: torch sees no CUDA GPU here (use auto or cpu)")
+    index = int(match.group(1) or 0)
+    if index >= torch.cuda.device_count():
+        raise DataError(f"--device {requested}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    return requested

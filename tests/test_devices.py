@@ -166,3 +166,132 @@ def test_local_gpu_profile_gives_a_gpu_job_its_own_device(tmp_path):
     assert (tmp_path / "tmp" / "dginstyle-gpu-locks" / "gpu-7.lock").exists()
     prepare_log = (tmp_path / "results" / "logs" / "prepare" / "mini_prior.log").read_text()
     assert "using GPU" not in prepare_log
+
+
+# --- Which device a stage runs on (faked CUDA: the tests run without a GPU) ---------------
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """torch reports two CUDA devices; nothing is ever placed on them in these tests."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+
+
+@pytest.fixture
+def no_cuda(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+
+
+def test_auto_is_cuda_when_torch_sees_a_gpu(fake_cuda):
+    assert devices.resolve_device("auto") == "cuda"
+    assert devices.resolve_device("cuda:1") == "cuda:1"
+    assert devices.resolve_device("cpu") == "cpu"
+
+
+def test_auto_is_cpu_without_a_gpu(no_cuda):
+    assert devices.resolve_device("auto") == "cpu"
+
+
+@pytest.mark.parametrize(
+    "requested, gpu, words",
+    [("cuda", False, "no CUDA GPU"), ("cuda:2", True, "only 2 CUDA"), ("tpu", True, "expected auto"), ("cuda:x", True, "expected auto")],
+)
+def test_a_device_that_is_not_there_is_one_line(requested, gpu, words, monkeypatch):
+    import torch
+
+    from dginstyle.io import DataError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2 if gpu else 0)
+    with pytest.raises(DataError, match=words) as caught:
+        devices.resolve_device(requested)
+    assert "\n" not in str(caught.value)
+
+
+class Placed(Exception):
+    """Raised by a stand-in for mmseg's init_model: carries the device it was asked for."""
+
+
+def test_segmentation_runs_load_onto_the_gpu_when_present(fake_cuda, tmp_path, monkeypatch):
+    from dginstyle.compat import import_mmseg
+    from dginstyle.segmentation.evaluate import load_run
+
+    import_mmseg()  # before mmseg: mmcv-lite lacks the compiled ops
+    import mmseg.apis
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.py").write_text("model = dict(data_preprocessor=dict(size=(64, 64)), test_cfg=dict())\n")
+
+    def init_model(cfg, checkpoint, device):
+        raise Placed(device)
+
+    monkeypatch.setattr(mmseg.apis, "init_model", init_model)
+    with pytest.raises(Placed, match="^cuda$"):
+        load_run(run)
+    with pytest.raises(Placed, match="^cpu$"):
+        load_run(run, device="cpu")
+
+
+@pytest.mark.parametrize("stage", ["evaluate", "quality-control"])
+def test_evaluate_and_quality_control_pass_their_device_on(stage, fake_cuda, tmp_path, monkeypatch):
+    """The default is auto (the GPU when present); --device overrides it."""
+    from dginstyle.cli import main
+    from dginstyle.segmentation import evaluate, quality_control, shard_check
+
+    asked = []
+
+    def load_run(run, *, device="auto", **_):
+        asked.append(devices.resolve_device(device))
+        raise Placed(device)
+
+    monkeypatch.setattr(evaluate, "load_run", load_run)
+    monkeypatch.setattr(quality_control, "generated_samples", lambda shard: [], raising=False)
+    monkeypatch.setattr(shard_check, "verify_shard", lambda *a, **k: None)
+    import dginstyle.segmentation.datasets as datasets
+
+    monkeypatch.setattr(datasets, "prepared_samples", lambda dataset, split: [("a", tmp_path / "a.png", tmp_path / "a_l.png")])
+    monkeypatch.setattr(datasets, "generated_samples", lambda shard: [])
+    import dginstyle.data.contract as contract
+
+    monkeypatch.setattr(contract, "read_manifest", lambda dataset: {})
+    for name in ("run", "data"):
+        (tmp_path / name).mkdir()
+    if stage == "evaluate":
+        argv = ["evaluate", "--run", str(tmp_path / "run"), "--dataset", str(tmp_path / "data"), "--split", "val", "--out", str(tmp_path / "m.json")]
+    else:
+        argv = ["quality-control", "--shard", str(tmp_path / "data"), "--run", str(tmp_path / "run"), "--out", str(tmp_path / "qc")]
+    for extra, expected in (([], "cuda"), (["--device", "cpu"], "cpu"), (["--device", "cuda:1"], "cuda:1")):
+        with pytest.raises(Placed):
+            main(argv + extra)
+        assert asked[-1] == expected
+
+
+def test_diffusion_stages_choose_the_gpu_when_present(fake_cuda):
+    """generate, the figures and both diffusion trainings resolve their --device through
+    models.pick_device, whose default is auto."""
+    from dginstyle.cli import build_parser
+    from dginstyle.diffusion import models
+
+    assert models.pick_device("auto").type == "cuda"
+    for stage in ("generate", "style-swap-figure", "finetune-unet", "train-controlnet", "pretrain-prior", "evaluate", "quality-control"):
+        parser = build_parser([stage])
+        sub = next(a for a in parser._actions if a.dest == "command").choices[stage]
+        device = next((a for a in sub._actions if a.dest == "device"), None)
+        assert device is not None and device.default == "auto", stage
+
+
+def test_segmentation_training_follows_cuda():
+    """train-segmentation builds an mmengine Runner, which places the model on the device
+    mmengine found when it was imported: CUDA when present. Nothing of ours pins it to the CPU."""
+    probe = "import torch; torch.cuda.is_available = lambda: True; import mmengine.device.utils as u; print(u.DEVICE)"
+    shown = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert shown.stdout.strip() == "cuda"
+    text = (REPO / "dginstyle" / "segmentation" / "train.py").read_text()
+    assert 'device="cpu"' not in text and "device='cpu'" not in text

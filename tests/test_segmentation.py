@@ -254,6 +254,35 @@ def test_batched_prediction_equals_one_image_at_a_time(trained, world):
         np.testing.assert_allclose(logits.numpy(), predict_logits(model, cfg, image, size).numpy(), atol=1e-4)
 
 
+def test_evaluation_holds_one_image_of_full_size_logits_at_a_time(trained, world, monkeypatch):
+    """Logits at a label's full size (0.9 GB for a large Mapillary label) exist for one image at
+    a time, however many images are predicted together at the test size."""
+    import weakref
+
+    from dginstyle.segmentation import evaluate
+    from dginstyle.segmentation.datasets import prepared_samples
+
+    _, _, target, _ = world
+    run, _, _ = trained
+    samples = prepared_samples(target, "val")
+    assert len(samples) >= 3
+    full_size, most_alive = [], [0]
+    resize = evaluate.at_size
+
+    def watched(logits, out_hw):
+        out = resize(logits, out_hw)
+        full_size.append(weakref.ref(out))
+        most_alive[0] = max(most_alive[0], sum(ref() is not None for ref in full_size))
+        return out
+
+    monkeypatch.setattr(evaluate, "at_size", watched)
+    model, cfg = evaluate.load_run(run)
+    # A test size other than the labels' size: every label-size tensor is a new one.
+    predictions = list(evaluate.iter_predictions(model, cfg, samples, test_size=(128, 64), batch_size=len(samples)))
+    assert len(predictions) == len(samples) and len(full_size) == len(samples)
+    assert most_alive[0] == 1
+
+
 def test_checkpoint_outside_the_run_folder_is_refused(world, tmp_path):
     from dginstyle.segmentation.train import train_segmentation
 

@@ -26,8 +26,8 @@ from dginstyle.io import DataError, atomic_write_json
 log = logging.getLogger(__name__)
 
 METADATA = "dginstyle.json"
-NUM_CONDITION_CHANNELS = 20  # 19 train classes + channel 19 for ignore (method.md 1.2)
-SD_SCHEDULER = dict(  # Stable Diffusion 1.5's noise schedule (method.md 1.4: DDIM "leading", offset 1)
+NUM_CONDITION_CHANNELS = 20  # 19 train classes + channel 19 for ignore (docs/method.md 1.2)
+SD_SCHEDULER = dict(  # Stable Diffusion 1.5's noise schedule (docs/method.md 1.4: DDIM "leading", offset 1)
     num_train_timesteps=1000,
     beta_start=0.00085,
     beta_end=0.012,
@@ -42,10 +42,10 @@ SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
 
 
 def pick_device(requested: str = "auto") -> torch.device:
-    """`auto` = CUDA when present, else CPU; chosen once per process."""
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
+    """`auto` = CUDA when present, else CPU (dginstyle.devices.resolve_device); chosen once per process."""
+    from dginstyle.devices import resolve_device
+
+    return torch.device(resolve_device(requested))
 
 
 def pick_dtype(device: torch.device, mixed_precision: str = "fp16") -> torch.dtype:
@@ -263,7 +263,7 @@ def tiny_components(spec: TinySpec, captions: list[str], resolution: int, tokeni
 
 
 def controlnet_from_unet(unet, vae, conditioning_channels: int = NUM_CONDITION_CHANNELS):
-    """A ControlNet whose encoder copies `unet` (method.md 1.2) and whose conditioning embedding
+    """A ControlNet whose encoder copies `unet` (docs/method.md 1.2) and whose conditioning embedding
     downsamples an image-resolution one-hot map to the latent grid (one stage per VAE level)."""
     from diffusers import ControlNetModel
 

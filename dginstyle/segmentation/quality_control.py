@@ -1,6 +1,6 @@
 """`quality-control`: filter a generated shard's labels with a segmenter trained on the source.
 
-method.md 1.6: the released DGInStyle has no quality control; peers (FreeMask, IELDG) mark
+docs/method.md 1.6: the released DGInStyle has no quality control; peers (FreeMask, IELDG) mark
 noisy synthetic pixels as ignore. A segmentation run trained on the source alone predicts
 each generated image, and where it disagrees with the condition label the label becomes 255:
 
@@ -34,6 +34,7 @@ import numpy as np
 
 from dginstyle.io import DataError, atomic_write_json, encode_label_png, fresh_staging_dir, read_label_png, replace_dir, sha256_bytes, sha256_file
 from dginstyle.labels import CLASSES, IGNORE, NUM_CLASSES
+from dginstyle.devices import DEVICE_CHOICES_HELP
 from dginstyle.parallel import default_threads
 
 log = logging.getLogger(__name__)
@@ -74,8 +75,9 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def quality_control(shard: Path, run: Path, out: Path, mode: str = "class", threshold: float = 0.5) -> dict:
-    """Write the filtered copy of generated `shard` to `out`; returns the report."""
+def quality_control(shard: Path, run: Path, out: Path, mode: str = "class", threshold: float = 0.5, device: str = "auto") -> dict:
+    """Write the filtered copy of generated `shard` to `out`; returns the report. device: auto
+    (CUDA when present), cpu, cuda, cuda:N."""
     import torch
 
     from dginstyle.segmentation.datasets import generated_samples
@@ -90,7 +92,7 @@ def quality_control(shard: Path, run: Path, out: Path, mode: str = "class", thre
     shard, run, out = Path(shard), Path(run), Path(out)
     samples = generated_samples(shard)
     verify_shard(shard, samples, default_threads())  # a damaged pair: one line naming it, before the segmenter loads
-    model, cfg = load_run(run)
+    model, cfg = load_run(run, device=device)
     staging = fresh_staging_dir(out, "quality-control")
     (staging / "images").mkdir()
     (staging / "labels").mkdir()
@@ -102,7 +104,8 @@ def quality_control(shard: Path, run: Path, out: Path, mode: str = "class", thre
     for pair_id, image_path, label_path in samples:
         label = read_label_png(label_path)
         logits = predict_logits(model, cfg, read_bgr(image_path), label.shape)
-        probabilities = torch.softmax(logits[0].float(), dim=0).numpy()
+        probabilities = torch.softmax(logits[0].float(), dim=0).cpu().numpy()
+        del logits
         if probabilities.shape[0] != NUM_CLASSES:
             raise DataError(f"{run}: the segmenter predicts {probabilities.shape[0]} classes, expected {NUM_CLASSES}")
         filtered = filter_label(label, probabilities, mode, threshold)
@@ -152,8 +155,9 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="the filtered shard (written whole or not at all)")
     p.add_argument("--mode", choices=MODES, default="class")
     p.add_argument("--threshold", type=float, default=0.5, help="class: minimum recall kept; pixel: minimum confidence of a disagreement that is filtered")
+    p.add_argument("--device", default="auto", help=DEVICE_CHOICES_HELP)
     p.set_defaults(handler=_run)
 
 
 def _run(args: argparse.Namespace) -> None:
-    quality_control(args.shard, args.run, args.out, mode=args.mode, threshold=args.threshold)
+    quality_control(args.shard, args.run, args.out, mode=args.mode, threshold=args.threshold, device=args.device)
