@@ -136,3 +136,50 @@ def test_generated_repeat_reaches_the_runs_with_generated_data_only(tmp_path):
     assert "--generated-repeat" not in before[("train", "dginstyle")]
     assert "--generated-repeat 3" in after[("train", "dginstyle")]
     assert after[("train", "source_only")] == before[("train", "source_only")]
+
+
+def test_the_head_lr_multiplier_and_the_validation_guidance_reach_their_commands(tmp_path):
+    """segmentation.head_lr_mult and generation.guidance_scale (the ControlNet's validation
+    grids) were once read nowhere: each must reach its command line."""
+    config = smoke()
+    config["segmentation"]["head_lr_mult"] = 3.5
+    config["generation"]["guidance_scale"] = 2.25
+    configfile = write_config(tmp_path / "changed.yaml", config)
+    targets = ["results/segmentation/source_only/seed0", "results/generator/controlnet"]
+    result = snakemake(*targets, "-n", "-p", "--cores", "1", "--configfile", str(configfile), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    train = [line for line in lines if "train-segmentation" in line]
+    controlnet = [line for line in lines if "train-controlnet" in line]
+    assert train and all("--head-lr-mult 3.5 " in line for line in train)
+    assert controlnet and all("--guidance-scale 2.25 " in line for line in controlnet)
+
+
+def test_the_head_lr_multiplier_sets_the_decode_heads_learning_rate(tmp_path):
+    from dginstyle.compat import import_mmseg
+
+    import_mmseg()  # before mmseg: mmcv-lite lacks the compiled ops
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+
+    from dginstyle.segmentation import register_modules
+    from dginstyle.segmentation.configs import training_config
+
+    register_modules()
+    init_default_scope("mmseg")
+    common = dict(
+        source=tmp_path, generated=[], work_dir=tmp_path / "unused", model="daformer_tiny", iterations=1, batch_size=2,
+        crop_size=(32, 32), learning_rate=1e-4, weight_decay=0.01, warmup_iterations=0, poly_power=1.0, seed=0,
+    )  # fmt: skip
+    for mult in (10.0, 2.5):
+        model_cfg = training_config(**common, head_lr_mult=mult)
+        model = MODELS.build(model_cfg["model"])
+        wrapper = build_optim_wrapper(model, model_cfg["optim_wrapper"])
+        name_of = {id(param): name for name, param in model.named_parameters()}
+        rates: dict[str, set] = {}
+        for group in wrapper.optimizer.param_groups:
+            for param in group["params"]:
+                rates.setdefault(name_of[id(param)].split(".")[0], set()).add(round(group["lr"], 12))
+        assert rates["decode_head"] == {round(1e-4 * mult, 12)}
+        assert rates["backbone"] == {1e-4}

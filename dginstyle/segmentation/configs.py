@@ -1,7 +1,7 @@
 """mmseg 1.x config dicts for our segmentation runs (plain dicts: no mmseg import needed).
 
 `model_config(name)` gives the EncoderDecoder of a model of `catalog.MODELS_` (DAFormer,
-DeepLabV2 or SegFormer, each paper-size and tiny); the pipelines follow method.md section 3;
+DeepLabV2 or SegFormer, each paper-size and tiny); the pipelines follow docs/method.md section 3;
 `training_config(...)` assembles the whole Runner config.
 """
 
@@ -91,7 +91,7 @@ def _head_config(spec: dict, in_channels: list[int], norm_cfg: dict) -> dict:
 
 def model_config(name: str, crop_size: tuple[int, int], *, window=None, stride=None, drop_path_rate: float = 0.1) -> dict:
     """EncoderDecoder config. `crop_size`, `window`, `stride` are (h, w); window defaults to
-    the crop, stride to half the window (method.md section 4)."""
+    the crop, stride to half the window (docs/method.md section 4)."""
     if name not in MODELS_:
         raise DataError(f"unknown segmentation model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
     spec = MODELS_[name]
@@ -216,7 +216,7 @@ def mixed_dataset_config(
     generated_repeat: int = 1,
 ) -> dict:
     """Source + generated data concatenated (mmengine ConcatDataset): every sample of both
-    appears once per epoch, so the mix follows their sizes (method.md section 3).
+    appears once per epoch, so the mix follows their sizes (docs/method.md section 3).
     `generated_repeat` > 1 lists each generated pair that many times per epoch (RepeatDataset),
     for a set too small to hold the paper's share of generated samples.
     Without generated shards, the source dataset alone."""
@@ -244,6 +244,7 @@ def training_config(
     weight_decay: float,
     warmup_iterations: int,
     poly_power: float,
+    head_lr_mult: float = 10.0,
     seed: int,
     source_resize: tuple[int, int] | None = None,
     generated_resize: tuple[int, int] | None = None,
@@ -282,10 +283,11 @@ def training_config(
             type="OptimWrapper",
             optimizer=dict(type="AdamW", lr=learning_rate, betas=(0.9, 0.999), weight_decay=weight_decay),
             # One schedule for every model, as the DAFormer / HRDA / DGInStyle code base trains
-            # DAFormer, SegFormer and DeepLabV2 alike (AdamW, head lr x10, poly with warm-up).
+            # DAFormer, SegFormer and DeepLabV2 alike (AdamW, head lr x head_lr_mult = 10, poly
+            # with warm-up).
             # No weight decay on norms and positional blocks: these keys match MiT's LayerNorms
             # only; ResNet's BN layers (bn1, stem.1, downsample.1) keep it, as in that code base.
-            paramwise_cfg=dict(custom_keys={"head": dict(lr_mult=10.0), "pos_block": dict(decay_mult=0.0), "norm": dict(decay_mult=0.0)}),
+            paramwise_cfg=dict(custom_keys={"head": dict(lr_mult=float(head_lr_mult)), "pos_block": dict(decay_mult=0.0), "norm": dict(decay_mult=0.0)}),
         ),
         param_scheduler=schedulers,
         default_hooks=dict(

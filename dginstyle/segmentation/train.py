@@ -1,7 +1,7 @@
 """`train-segmentation`: a segmenter (DAFormer, DeepLabV2 or SegFormer: `catalog.MODELS_`) on
 source + generated data, mmengine Runner.
 
-Schedule (method.md section 3): AdamW (head lr x10), linear warm-up then poly decay, an
+Schedule (docs/method.md section 3): AdamW (head lr x10), linear warm-up then poly decay, an
 iteration-based loop, checkpoints every N iterations in `work_dir`; a killed run started again
 with the same `work_dir` resumes from its latest checkpoint (loaded weights-only with the
 mmengine allowlist of dginstyle.compat; a checkpoint outside `work_dir` is refused).
@@ -43,10 +43,10 @@ CONFIG = "config.py"
 TRAIN_LOG = "train_log.jsonl"
 METADATA = "metadata.json"
 
-# Paper (method.md section 3): lr 6e-5, wd 0.01, 1500 warm-up, poly power 1.0, 40k iterations, batch 2, crop 512.
+# Paper (docs/method.md section 3): lr 6e-5, wd 0.01, 1500 warm-up, poly power 1.0, 40k iterations, batch 2, crop 512.
 DEFAULTS = dict(
     model="daformer_mitb5", iterations=40000, batch_size=2, crop_size=(512, 512), learning_rate=6e-5,
-    weight_decay=0.01, warmup_iterations=1500, poly_power=1.0, seed=0,
+    head_lr_mult=10.0, weight_decay=0.01, warmup_iterations=1500, poly_power=1.0, seed=0,
 )  # fmt: skip
 
 
@@ -223,6 +223,7 @@ def train_segmentation(
     batch_size: int = DEFAULTS["batch_size"],
     crop_size: tuple[int, int] | int = DEFAULTS["crop_size"],
     learning_rate: float = DEFAULTS["learning_rate"],
+    head_lr_mult: float = DEFAULTS["head_lr_mult"],
     weight_decay: float = DEFAULTS["weight_decay"],
     warmup_iterations: int = DEFAULTS["warmup_iterations"],
     poly_power: float = DEFAULTS["poly_power"],
@@ -282,6 +283,8 @@ def train_segmentation(
     torch.set_num_threads(threads)
     if batch_size < 1 or checkpoint_interval < 1 or log_interval < 1:
         raise DataError("batch size, checkpoint interval and log interval must be >= 1")
+    if not head_lr_mult > 0:
+        raise DataError(f"--head-lr-mult must be positive, got {head_lr_mult}")
     n_source = len(prepared_samples(source, "train"))
     generated_pairs = [generated_samples(g) for g in generated]
     n_generated = sum(len(pairs) for pairs in generated_pairs)
@@ -328,7 +331,7 @@ def train_segmentation(
     # What the run is trained with, but its length: recorded with the checkpoints and in metadata.json.
     run_settings = {
         "model": model, "batch_size": batch_size, "crop_size_hw": list(crop), "learning_rate": learning_rate,
-        "weight_decay": weight_decay, "warmup_iterations": warmup_iterations, "poly_power": poly_power, "seed": seed,
+        "head_lr_mult": head_lr_mult, "weight_decay": weight_decay, "warmup_iterations": warmup_iterations, "poly_power": poly_power, "seed": seed,
         "pretrained": str(pretrained) if pretrained else None, "source": str(source), "generated": [str(g) for g in generated],
         "generated_repeat": generated_repeat, "source_resize_wh": list(source_resize) if source_resize else None,
         "generated_resize_wh": list(generated_resize) if generated_resize else None,
@@ -341,8 +344,8 @@ def train_segmentation(
     resume_from = latest_checkpoint(work_dir)  # DataError when it points outside work_dir
     cfg = training_config(
         source=source, generated=generated, work_dir=work_dir, model=model, iterations=iterations,
-        batch_size=batch_size, crop_size=crop, learning_rate=learning_rate, weight_decay=weight_decay,
-        warmup_iterations=warmup_iterations, poly_power=poly_power, seed=seed, source_resize=source_resize,
+        batch_size=batch_size, crop_size=crop, learning_rate=learning_rate, head_lr_mult=head_lr_mult,
+        weight_decay=weight_decay, warmup_iterations=warmup_iterations, poly_power=poly_power, seed=seed, source_resize=source_resize,
         generated_resize=generated_resize, generated_repeat=generated_repeat, checkpoint_interval=checkpoint_interval,
         log_interval=log_interval,
     )  # fmt: skip
@@ -416,7 +419,6 @@ def train_segmentation(
         "stage": "train-segmentation",
         **run_settings,
         "iterations": iterations,
-        "head_lr_mult": 10.0,
         "threads": threads,
         "source_samples": n_source,
         "generated_samples": n_generated,
@@ -487,7 +489,8 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--iterations", type=int, default=DEFAULTS["iterations"])
     p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
     p.add_argument("--crop-size", type=_size_wh, default=(512, 512), help="training crop WIDTHxHEIGHT or N (square)")
-    p.add_argument("--learning-rate", type=float, default=DEFAULTS["learning_rate"], help="backbone lr (head x10)")
+    p.add_argument("--learning-rate", type=float, default=DEFAULTS["learning_rate"], help="backbone lr (the head's: x --head-lr-mult)")
+    p.add_argument("--head-lr-mult", type=float, default=DEFAULTS["head_lr_mult"], help="the decode head's learning rate over the backbone's")
     p.add_argument("--weight-decay", type=float, default=DEFAULTS["weight_decay"])
     p.add_argument("--warmup-iterations", type=int, default=DEFAULTS["warmup_iterations"])
     p.add_argument("--poly-power", type=float, default=DEFAULTS["poly_power"])
@@ -530,7 +533,7 @@ def _run(args: argparse.Namespace) -> None:
     w, h = args.crop_size
     train_segmentation(
         args.source, args.generated, args.out, args.work_dir, model=args.model, iterations=args.iterations,
-        batch_size=args.batch_size, crop_size=(h, w), learning_rate=args.learning_rate,
+        batch_size=args.batch_size, crop_size=(h, w), learning_rate=args.learning_rate, head_lr_mult=args.head_lr_mult,
         weight_decay=args.weight_decay, warmup_iterations=args.warmup_iterations, poly_power=args.poly_power,
         seed=args.seed, threads=args.threads, pretrained=args.pretrained, source_resize=args.source_resize,
         generated_resize=args.generated_resize, generated_repeat=args.generated_repeat, checkpoint_interval=args.checkpoint_interval,

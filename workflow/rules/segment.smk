@@ -33,6 +33,7 @@ rule train_segmentation:
         " --out {output:q} --work-dir {params.work_dir:q} --model {params.model:q}"
         " --iterations {params.hp[iterations]:q} --batch-size {params.hp[batch_size]:q}"
         " --crop-size {params.crop_size:q} --learning-rate {params.hp[learning_rate]:q}"
+        " --head-lr-mult {params.hp[head_lr_mult]:q}"
         " --weight-decay {params.hp[weight_decay]:q} --warmup-iterations {params.hp[warmup_iterations]:q}"
         " --poly-power {params.hp[poly_power]:q} --seed {wildcards.seed:q}"
         " --checkpoint-interval {params.hp[checkpoint_interval]:q} {params.options} > {log:q} 2>&1"
