@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 from fake_trees import make_tree  # noqa: E402
 
-# the paper's splits (method.md): the source's training set, each target's validation set
+# the paper's splits (docs/method.md): the source's training set, each target's validation set
 SIZES = {
     "gta5": {"train": 24966},
     "cityscapes": {"val": 500},

@@ -6,7 +6,7 @@ share of evaluation time spent outside the network forward.
 For each model:
   train   one optimisation step (forward, loss, backward, AdamW) of the network on a random
           batch at the model's setting (tiny: batch 8 at 64x64; paper size: batch 2 at
-          512x512, method.md section 3); data loading left out. Best of `--repeats` after
+          512x512, docs/method.md section 3); data loading left out. Best of `--repeats` after
           one warm-up step.
   eval    `evaluate_segmentation` of a prepared miniature target (tiny: 200 images of 128x64,
           window 64; paper size: 2 images of 1024x512, window 512, stride 256 as on

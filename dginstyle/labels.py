@@ -64,7 +64,7 @@ def identity_train_ids() -> np.ndarray:
     return _lut({c: c for c in range(NUM_CLASSES)}, [IGNORE])
 
 
-# Mapillary Vistas v1.2 (66 classes, indices 0..65) -> train IDs, as in method.md section 4.
+# Mapillary Vistas v1.2 (66 classes, indices 0..65) -> train IDs, as in docs/method.md section 4.
 MAPILLARY_V12_TO_TRAIN_ID: dict[int, int] = {
     13: 0, 24: 0, 41: 0,      # road <- road, lane marking (general), manhole
     2: 1, 15: 1,              # sidewalk <- curb, sidewalk

@@ -3,6 +3,8 @@
 Tables read files, not models: the metrics JSONs of `evaluate`
 (`<metrics>/<experiment>/seed<seed>/<target>.json`, values as fractions) and the reported
 numbers of `dginstyle/assets/reported.yaml` (percent, each with its paper, table and row).
+Every reported row is printed with a source marker, `[n: short name of its paper]`, and
+note n under the table gives the paper's citation, table and row (docs/method.md section 5).
 A table is declared by a spec (the config's `tables:` entries; its JSON schema is
 `dginstyle/assets/tables.schema.yaml`) and rendered as Markdown, CSV and LaTeX, each carrying
 the config hash, the software versions, the date and the metric files used.
@@ -28,6 +30,7 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -51,6 +54,7 @@ VERSION_PACKAGES = (
 NA = "n/a"          # no reported (or no verified) value
 UNDEFINED = "-"     # our IoU is undefined: the class is absent from ground truth and prediction
 AVERAGE_TOLERANCE = 0.0101  # a reported average vs the mean of its rounded values (2 decimals)
+TABLE_NUMBER = re.compile(r"\btable \d+\b|\btable number not stated\b", re.IGNORECASE)  # a verified row's `table`
 
 
 def _data_error(message: str) -> Exception:
@@ -88,6 +92,7 @@ def load_reported(path: str | os.PathLike | None = None) -> dict:
         }
         row.setdefault("note", None)
         row.setdefault("verified_in", None)
+        row.setdefault("via", None)
     data["path"] = str(path)
     data["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
     return data
@@ -111,11 +116,11 @@ def reported_problems(data: Any) -> list[str]:
             problems.append(f"key 'columns.{col}': needs a 'label'")
     sources = data.get("sources")
     if not isinstance(sources, dict) or not sources:
-        problems.append("key 'sources': a mapping of source key -> {citation}")
+        problems.append("key 'sources': a mapping of source key -> {citation, short}")
         sources = {}
     for key, source in sources.items():
-        if not isinstance(source, dict) or not isinstance(source.get("citation"), str):
-            problems.append(f"key 'sources.{key}': needs a 'citation'")
+        if not isinstance(source, dict) or not isinstance(source.get("citation"), str) or not isinstance(source.get("short"), str):
+            problems.append(f"key 'sources.{key}': needs a 'citation' and a 'short' name")
     rows = data.get("rows")
     if not isinstance(rows, dict) or not rows:
         return problems + ["key 'rows': a mapping of row key -> reported row"]
@@ -128,7 +133,7 @@ def _row_problems(where: str, row: Any, columns: Mapping, sources: Mapping) -> l
     if not isinstance(row, dict):
         return [f"key '{where}': must be a mapping"]
     problems = []
-    allowed = {"label", "source", "table", "row", "verified", "verified_in", "values", "average", "per_class", "note"}
+    allowed = {"label", "source", "via", "table", "row", "verified", "verified_in", "values", "average", "per_class", "note"}
     for extra in sorted(set(row) - allowed):
         problems.append(f"key '{where}.{extra}': unknown key (allowed: {', '.join(sorted(allowed))})")
     for key in ("label", "row"):
@@ -136,6 +141,8 @@ def _row_problems(where: str, row: Any, columns: Mapping, sources: Mapping) -> l
             problems.append(f"key '{where}.{key}': required text")
     if row.get("source") not in sources:
         problems.append(f"key '{where}.source': {row.get('source')!r} is not under 'sources'")
+    if row.get("via") is not None and (row["via"] not in sources or row["via"] == row.get("source")):
+        problems.append(f"key '{where}.via': {row['via']!r} is not under 'sources' (or is the row's own source)")
     if not isinstance(row.get("verified"), bool):
         problems.append(f"key '{where}.verified': required, true or false")
     values = row.get("values") or {}
@@ -178,6 +185,8 @@ def _row_problems(where: str, row: Any, columns: Mapping, sources: Mapping) -> l
     if row.get("verified") is True:
         if not isinstance(row.get("verified_in"), str) or not isinstance(row.get("table"), str):
             problems.append(f"key '{where}': a verified row cites its table ('table') and where it was verified ('verified_in')")
+        elif not TABLE_NUMBER.search(row["table"]):
+            problems.append(f"key '{where}.table': give the paper's table number ('Table N') or say 'table number not stated'")
         if not has_numbers:
             problems.append(f"key '{where}': verified but holds no number")
     elif row.get("verified") is False:
@@ -326,6 +335,7 @@ class Line:
     experiment: str | None
     reported_key: str | None
     cells: list[Cell]
+    source: str | None = None  # reported lines: "[n: short name]", n = its citation under the table
 
 
 @dataclass
@@ -475,6 +485,7 @@ def build_table(
             raise _data_error(f"table {name!r}: unknown reported row {key!r} (known: {', '.join(sorted(reported['rows']))})")
         rep = reported["rows"][key]
         reported_used[key] = rep
+        marker = _source_marker(list(reported_used).index(key) + 1, rep, reported)
         if metric != reported.get("metric", "mIoU"):
             rep_values: list[float | None] = [None] * len(col_keys)
         elif per_class:
@@ -487,7 +498,7 @@ def build_table(
             rep_values = [rep["values"].get(c.get("reported")) if c.get("reported") else None for c in columns]
             if spec["average"]:
                 rep_values.append(_reported_average(rep, columns))
-        lines.append(Line(f"reported: {rep['label']}", "reported", experiment, key, [Cell(v) for v in rep_values]))
+        lines.append(Line(f"reported: {rep['label']}", "reported", experiment, key, [Cell(v) for v in rep_values], marker))
         if spec["difference"]:
             diffs = [Cell(o.mean - r) if o.mean is not None and r is not None else Cell(None) for o, r in zip(ours, rep_values)]
             lines.append(Line("Δ ours − reported", "diff", experiment, key, diffs))
@@ -517,6 +528,16 @@ def build_table(
     if out_prefix is not None:
         write_table(table, out_prefix)
     return table
+
+
+def _source_marker(n: int, rep: Mapping, reported: Mapping) -> str:
+    """The marker printed beside a reported row: its footnote number under the table and the
+    short name of the paper it comes from (and of the paper it was read in, with `via`)."""
+    sources = reported.get("sources", {})
+    short = sources.get(rep["source"], {}).get("short", rep["source"])
+    if rep.get("via"):
+        short += f", via {sources.get(rep['via'], {}).get('short', rep['via'])}"
+    return f"[{n}: {short}]"
 
 
 def _column_label(column: Mapping, reported: Mapping) -> str:
@@ -571,12 +592,15 @@ def _footer(spec: Mapping, metric: str, seeds: list[int], columns: list[Mapping]
     mapping = [f"{c['target']} ↔ {c['reported']}" for c in columns if c.get("reported") and c["reported"] != c["target"]]
     if mapping and used:
         lines.append("Columns set beside reported columns: " + ", ".join(mapping) + ".")
-    for key, rep in used.items():
-        source = reported.get("sources", {}).get(rep["source"], {}).get("citation", rep["source"])
+    sources = reported.get("sources", {})
+    for n, (key, rep) in enumerate(used.items(), 1):
+        source = sources.get(rep["source"], {}).get("citation", rep["source"])
         if rep["verified"]:
-            text = f"Reported `{key}`: {source}; {rep['table']}, row \"{rep['row']}\" (verified in {rep['verified_in']})."
+            via = rep.get("via")
+            quoted = f", as quoted in {sources.get(via, {}).get('citation', via)}" if via else ""
+            text = f"[{n}] Reported `{key}`: {source}; {rep['table']}; row \"{rep['row']}\"{quoted}; {rep['verified_in']}."
         else:
-            text = f"Reported `{key}`: no verified source ({rep['note'].strip()})"
+            text = f"[{n}] Reported `{key}`: no verified source ({rep['note'].strip()})"
         if rep["verified"] and rep.get("note"):
             text += f" Note: {rep['note'].strip()}"
         lines.append(text)
@@ -624,6 +648,8 @@ def render_markdown(table: Table) -> str:
     out = [f"# {table.title}", "", "| " + " | ".join(head) + " |", "|" + "---|" + "---:|" * len(table.columns)]
     for line in table.lines:
         label = line.label if line.kind == "ours" else f"*{line.label}*"
+        if line.source:
+            label += f" {line.source}"
         out.append("| " + " | ".join([label, *(_fmt(c, line.kind) for c in line.cells)]) + " |")
     out.append("")
     out.extend(f"- {text}" for text in table.footer)
@@ -633,7 +659,7 @@ def render_markdown(table: Table) -> str:
     return "\n".join(out)
 
 
-CSV_FIELDS = ("table", "line", "kind", "experiment", "reported_key", "column", "column_key", "mean", "std", "n", "text")
+CSV_FIELDS = ("table", "line", "kind", "experiment", "reported_key", "column", "column_key", "mean", "std", "n", "text", "source")
 
 
 def render_csv(table: Table) -> str:
@@ -650,7 +676,7 @@ def render_csv(table: Table) -> str:
             writer.writerow([
                 table.name, line.label, line.kind, line.experiment or "", line.reported_key or "", label, key,
                 "" if cell.mean is None else f"{cell.mean:.6g}", "" if cell.std is None else f"{cell.std:.6g}",
-                cell.n if line.kind == "ours" else "", _fmt(cell, line.kind),
+                cell.n if line.kind == "ours" else "", _fmt(cell, line.kind), line.source or "",
             ])
     return buffer.getvalue()
 
@@ -679,6 +705,8 @@ def render_latex(table: Table) -> str:
         if i and line.kind == "ours" and table.lines[i - 1].kind != "ours":
             out.append(r"\midrule")
         label = _tex(line.label) if line.kind == "ours" else f"\\textit{{{_tex(line.label)}}}"
+        if line.source:
+            label += f" {_tex(line.source)}"
         out.append(" & ".join([label, *(_tex(_fmt(c, line.kind)) for c in line.cells)]) + r" \\")
     out.append(r"\bottomrule")
     out.append(r"\end{tabular}" + ("}" if wide else ""))

@@ -2,7 +2,7 @@
 
 Expectations are computed here, independently of dginstyle.labels: the ID -> train-ID pairs
 below are copied by hand from the official Cityscapes label definition
-(cityscapesScripts helpers/labels.py) and from the Mapillary v1.2 list in method.md.
+(cityscapesScripts helpers/labels.py) and from the Mapillary v1.2 list in docs/method.md.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 # Cityscapes label ID -> train ID (official definition), a hand-picked subset.
 CITYSCAPES = {0: 255, 7: 0, 8: 1, 9: 255, 11: 2, 17: 5, 20: 7, 23: 10, 24: 11, 26: 13, 33: 18}
-# Mapillary Vistas v1.2 index -> train ID (method.md section 4), plus a few unmapped classes.
+# Mapillary Vistas v1.2 index -> train ID (docs/method.md section 4), plus a few unmapped classes.
 MAPILLARY = {
     13: 0, 24: 0, 41: 0, 2: 1, 15: 1, 17: 2, 6: 3, 3: 4, 45: 5, 47: 5, 48: 6, 50: 7, 30: 8,
     29: 9, 27: 10, 19: 11, 20: 12, 21: 12, 22: 12, 55: 13, 61: 14, 54: 15, 58: 16, 57: 17,

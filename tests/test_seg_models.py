@@ -163,7 +163,7 @@ def test_dlv2_head_output_is_the_sum_of_its_branches(registry):
 def test_colour_augmentation_is_in_the_training_pipelines(world):
     """SegFormer's row is "with colour augmentation": PhotoMetricDistortion on both the source
     and the generated pipeline. The DGInStyle release gives every model the same data
-    pipelines (its gengtaCAug configs, method.md section 3), so DAFormer's have it too."""
+    pipelines (its gengtaCAug configs, docs/method.md section 3), so DAFormer's have it too."""
     from dginstyle.segmentation.configs import training_config
     from test_segmentation import make_shard
 

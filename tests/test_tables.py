@@ -48,19 +48,19 @@ COLUMNS = [{"target": t, "reported": r} for t, r in TARGETS.items()]
 
 
 def test_reported_numbers_are_those_of_method_md_section_5():
-    """Spot checks copied by hand from method.md section 5 (the test cannot read it)."""
+    """Spot checks copied by hand from docs/method.md section 5."""
     rows = load_reported()["rows"]
     assert rows["hrda_dginstyle"]["values"] == {"acdc": 46.07, "darkzurich": 25.53, "cityscapes": 58.63, "bdd100k": 52.25, "mapillary": 62.47}
     assert rows["hrda_dginstyle"]["average"]["value"] == 48.99
     assert rows["daformer_dginstyle"]["values"] == {"acdc": 44.04, "darkzurich": 25.58, "cityscapes": 55.31, "bdd100k": 50.82, "mapillary": 56.62}
     assert rows["daformer_dginstyle"]["average"]["value"] == 46.47
     hrda_only = rows["hrda_source_only"]
-    assert hrda_only["values"] == {"bdd100k": 49.1, "mapillary": 61.2}  # Cityscapes only derived in method.md: not stored
+    assert hrda_only["values"] == {"bdd100k": 49.1, "mapillary": 61.2}  # Cityscapes only derived in docs/method.md: not stored
     assert hrda_only["average"] == {"value": 55.9, "over": ["cityscapes", "bdd100k", "mapillary"]}
     assert rows["flexseg_daformer"]["average"]["value"] == 48.58
     assert rows["flexseg_hrda"]["average"]["value"] == 50.07
     for key in ("hrda_dginstyle", "daformer_dginstyle", "hrda_source_only"):
-        assert rows[key]["verified"] and "method.md section 5" in rows[key]["verified_in"]
+        assert rows[key]["verified"] and "docs/method.md section 5" in rows[key]["verified_in"]
 
 
 def test_rows_without_a_verified_source_hold_no_number():
@@ -92,6 +92,9 @@ def _broken(tmp_path, edit) -> Path:
         (lambda d: d["rows"]["hrda_dginstyle"]["values"].update(acdc=460.7), "rows.hrda_dginstyle.values.acdc"),
         (lambda d: d["rows"]["hrda_dginstyle"].pop("verified_in"), "rows.hrda_dginstyle"),
         (lambda d: d["rows"]["hrda_dginstyle"].update(source="nowhere"), "rows.hrda_dginstyle.source"),
+        (lambda d: d["rows"]["hrda_dginstyle"].update(table="main table"), "rows.hrda_dginstyle.table"),
+        (lambda d: d["rows"]["hrda_dginstyle"].update(via="nowhere"), "rows.hrda_dginstyle.via"),
+        (lambda d: d["sources"]["hrda_tpami"].pop("short"), "sources.hrda_tpami"),
     ],
 )
 def test_a_bad_reported_file_is_refused_naming_the_key(tmp_path, edit, expected):
@@ -100,6 +103,81 @@ def test_a_bad_reported_file_is_refused_naming_the_key(tmp_path, edit, expected)
         load_reported(path)
     message = str(info.value)
     assert str(path) in message and expected in message and "\n" not in message
+
+
+def test_every_reported_number_names_its_paper_and_table():
+    """Provenance of each stored number: the paper it comes from (`source`, with a citation and
+    a short name), the paper's table (its number, or "table number not stated": never a guess),
+    the row, and where the project lists it (docs/method.md section 5)."""
+    reported = load_reported()
+    for key, row in reported["rows"].items():
+        has_numbers = bool(row["values"]) or row["average"] is not None or bool(row["per_class"])
+        if not has_numbers:
+            continue
+        source = reported["sources"][row["source"]]
+        assert row["source"] != "none" and source["citation"] and source["short"], key
+        assert re.search(r"\btable \d+\b|table number not stated", row["table"], re.IGNORECASE), key
+        assert row["row"] and "docs/method.md section 5" in row["verified_in"], key
+    # The HRDA baseline is the HRDA paper's number, not DGInStyle's.
+    hrda = reported["rows"]["hrda_source_only"]
+    assert hrda["source"] == "hrda_tpami" and hrda["via"] is None
+    assert "Hoyer, Dai, Van Gool" in reported["sources"]["hrda_tpami"]["citation"]
+    assert "TPAMI 2023" in reported["sources"]["hrda_tpami"]["citation"]
+
+
+def _paper_main_table(tmp_path: Path):
+    """workflow/configs/paper.yaml's `main` table, built on made-up metrics for one seed."""
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow" / "configs" / "paper.yaml").read_text())
+    spec = dict(config["tables"]["main"], seeds=[0])
+    files = needed_metrics(spec, [0], tmp_path / "metrics")
+    for (experiment, seed, target), path in files.items():
+        write_metrics(tmp_path / "metrics", experiment, seed, target, 0.4)
+    return build_table(spec, files, provenance=make_provenance(config_hash="0123456789ab"), name="main")
+
+
+def test_rendered_reported_rows_carry_their_source(tmp_path):
+    """Beside every reported row, a marker names its paper; the note of that number under the
+    table cites the paper, its table and row. The HRDA baseline row names the HRDA paper."""
+    table = _paper_main_table(tmp_path)
+    md, tex, text = render_markdown(table), render_latex(table), render_csv(table)
+    reported_lines = [line for line in table.lines if line.kind == "reported"]
+    assert [line.reported_key for line in reported_lines] == ["daformer_source_only", "daformer_dginstyle", "hrda_source_only", "hrda_dginstyle"]
+    md_rows = [line for line in md.splitlines() if line.startswith("| *reported: ")]
+    assert len(md_rows) == len(reported_lines)
+    for n, (line, md_row) in enumerate(zip(reported_lines, md_rows), 1):
+        assert line.source and line.source.startswith(f"[{n}: "), line.label
+        assert md_row.startswith(f"| *{line.label}* {line.source} |")
+        assert line.source in tex
+        footnote = next(f for f in table.footer if f.startswith(f"[{n}] Reported `{line.reported_key}`"))
+        assert f"- {footnote}" in md
+
+    hrda_row = next(r for r in md_rows if r.startswith("| *reported: HRDA (GTA5 only)*"))
+    assert "Hoyer et al., TPAMI 2023 (HRDA)" in hrda_row and "DGInStyle)" not in hrda_row
+    hrda_note = next(f for f in table.footer if "`hrda_source_only`" in f)
+    assert "Hoyer, Dai, Van Gool" in hrda_note and "TPAMI 2023" in hrda_note and "Jia, Hoyer" not in hrda_note
+    assert "table number not stated" in hrda_note and 'row "HRDA, trained on GTA5 only"' in hrda_note
+    ours_note = next(f for f in table.footer if "`hrda_dginstyle`" in f)
+    assert "Jia, Hoyer" in ours_note and "ECCV 2024" in ours_note and "main results table" in ours_note
+    unverified = next(r for r in md_rows if r.startswith("| *reported: DAFormer (GTA5 only)*"))
+    assert "[1: no verified source]" in unverified
+
+    rows = list(csv.DictReader(io.StringIO("".join(l for l in text.splitlines(True) if not l.startswith("#")))))
+    assert {r["source"] for r in rows if r["line"] == "reported: HRDA (GTA5 only)"} == {"[3: Hoyer et al., TPAMI 2023 (HRDA)]"}
+    assert all(r["source"] for r in rows if r["kind"] == "reported")
+
+
+def test_a_number_quoted_from_another_paper_names_both(tmp_path, metrics_dir):
+    """`via`: the paper the number was read in is named beside the row and in its note."""
+    data = yaml.safe_load(REPORTED_PATH.read_text())
+    data["rows"]["hrda_source_only"]["via"] = "dginstyle"
+    path = tmp_path / "reported.yaml"
+    path.write_text(yaml.safe_dump(data))
+    spec = main_spec(rows=[{"experiment": "source_only", "reported": "hrda_source_only"}])
+    table = build_table(spec, needed_metrics(spec, [0, 1, 2], metrics_dir), load_reported(path), name="main")
+    line = next(line for line in table.lines if line.kind == "reported")
+    assert line.source == "[1: Hoyer et al., TPAMI 2023 (HRDA), via Jia et al., ECCV 2024 (DGInStyle)]"
+    note = next(f for f in table.footer if f.startswith("[1] "))
+    assert "Hoyer, Dai, Van Gool" in note and ", as quoted in Jia, Hoyer" in note
 
 
 # --------------------------------------------------------------------------- helpers
@@ -210,7 +288,7 @@ def test_missing_reported_values_render_as_na(metrics_dir):
     assert [line.kind for line in table.lines] == ["ours", "reported", "diff", "ours", "reported", "diff", "ours"]
     md = render_markdown(table)
     row = next(line for line in md.splitlines() if line.startswith("| *reported: HRDA (GTA5 only)*"))
-    assert row == f"| *reported: HRDA (GTA5 only)* | {NA} | 49.1 | 61.2 | {NA} | {NA} | {NA} |"
+    assert row == f"| *reported: HRDA (GTA5 only)* [2: Hoyer et al., TPAMI 2023 (HRDA)] | {NA} | 49.1 | 61.2 | {NA} | {NA} | {NA} |"
     assert "| alone |" in md and "DZ" not in md.splitlines()[2]  # unmapped column: its target name
     assert "mini_darkzurich" in md.splitlines()[2]
 

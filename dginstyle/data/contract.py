@@ -42,7 +42,7 @@ from dginstyle.io import (
 from dginstyle.labels import CLASSES, IGNORE, NUM_CLASSES
 
 MANIFEST = "manifest.json"
-DEFAULT_RCS_MIN_PIXELS = 3000  # method.md 1.2/1.5: an image must hold > 3000 px of the class
+DEFAULT_RCS_MIN_PIXELS = 3000  # docs/method.md 1.2/1.5: an image must hold > 3000 px of the class
 
 
 @dataclass
@@ -112,7 +112,7 @@ def write_image(staging: Path, split: str, stem: str, rgb: np.ndarray) -> None:
 
 
 def class_stats(records: list[Record], min_pixels: int) -> dict:
-    """Rare-class-sampling statistics of one split (method.md section 2)."""
+    """Rare-class-sampling statistics of one split (docs/method.md section 2)."""
     per_image = {r.stem: r.class_pixels[:NUM_CLASSES] for r in records}
     totals = np.zeros(NUM_CLASSES, dtype=np.int64)
     for counts in per_image.values():

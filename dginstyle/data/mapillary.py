@@ -1,7 +1,7 @@
 """Mapillary Vistas v1.2: {training,validation}/images/<key>.jpg + {training,validation}/labels/<key>.png.
 
 Labels are palette PNGs of the 66 v1.2 class indices (0..65), mapped to train IDs by
-`labels.mapillary_v12_to_train_id()` (method.md section 4). Splits: train <- training,
+`labels.mapillary_v12_to_train_id()` (docs/method.md section 4). Splits: train <- training,
 val <- validation.
 """
 
@@ -13,7 +13,7 @@ from dginstyle.data.layouts import Pair, check_layout, pair_up, scan_suffix
 
 FORMAT = "mapillary"
 MAPPING = (
-    "Mapillary Vistas v1.2 class indices 0..65 -> train IDs (method.md section 4: road <- 13,24,41; "
+    "Mapillary Vistas v1.2 class indices 0..65 -> train IDs (docs/method.md section 4: road <- 13,24,41; "
     "sidewalk <- 2,15; pole <- 45,47; rider <- 20,21,22; ...; all else 255); 66..255 invalid"
 )
 SPLIT_FOLDERS = {"train": "training", "val": "validation"}

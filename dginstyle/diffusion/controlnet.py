@@ -1,4 +1,4 @@
-"""Style Swap step 2: train a ControlNet against the source-styled UNet U^S (method.md 1.2).
+"""Style Swap step 2: train a ControlNet against the source-styled UNet U^S (docs/method.md 1.2).
 
 The ControlNet starts as a copy of U^S's encoder (conv_in, time embedding, down blocks, mid
 block; zero-initialised output convolutions) with a 20-channel one-hot conditioning embedding,
@@ -6,7 +6,7 @@ and is trained while U^S, the VAE and the text encoder stay frozen: epsilon MSE,
 [0, 1000), DDPM add_noise, ControlNet residuals added to U^S's skip and mid features.
 
 Samples: crop_size windows at the source's native resolution, centred on a pixel of a class
-chosen by rare class sampling (RCS, method.md 2) in an image holding more than
+chosen by rare class sampling (RCS, docs/method.md 2) in an image holding more than
 `rcs_min_pixels` of it, clamped to the image; prompt = the names of the classes in the crop.
 The per-class pixel counts of all training crops (and the crops per RCS class) are kept with
 every checkpoint and written as class_stats.json with the result.

@@ -17,7 +17,7 @@ from dginstyle.data import contract
 from dginstyle.io import DataError, read_label_png
 from dginstyle.labels import CLASSES, NUM_CLASSES
 
-IGNORE_CHANNEL = NUM_CLASSES  # channel 19 of the condition holds the ignore pixels (method.md 1.2)
+IGNORE_CHANNEL = NUM_CLASSES  # channel 19 of the condition holds the ignore pixels (docs/method.md 1.2)
 
 
 def seeded_rng(*keys: int) -> np.random.Generator:
@@ -85,7 +85,7 @@ def one_hot(label: np.ndarray) -> np.ndarray:
 
 
 def class_prompt(label: np.ndarray) -> str:
-    """Names of the classes present in the label, in train-ID order, space-joined (method.md 1.2)."""
+    """Names of the classes present in the label, in train-ID order, space-joined (docs/method.md 1.2)."""
     present = np.bincount(label.ravel(), minlength=256)[:NUM_CLASSES] > 0
     return " ".join(name for name, here in zip(CLASSES, present) if here)
 
@@ -94,7 +94,7 @@ def class_prompt(label: np.ndarray) -> str:
 
 
 def rcs_probabilities(class_pixels: list[int] | np.ndarray, temperature: float, eligible: np.ndarray | None = None) -> np.ndarray:
-    """p(c) = softmax((1 - f_c) / T), f_c = N_c / sum N (method.md section 2), over the classes
+    """p(c) = softmax((1 - f_c) / T), f_c = N_c / sum N (docs/method.md section 2), over the classes
     with pixels (and `eligible`, when given); 0 elsewhere."""
     if temperature <= 0:
         raise DataError(f"RCS temperature must be > 0, got {temperature}")

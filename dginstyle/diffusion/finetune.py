@@ -1,4 +1,4 @@
-"""Style Swap step 1: fine-tune the prior's UNet U^P on the source images -> U^S (method.md 1.1).
+"""Style Swap step 1: fine-tune the prior's UNet U^P on the source images -> U^S (docs/method.md 1.1).
 
 The whole UNet is trained with the EMPTY prompt (encoded once; text encoder and VAE frozen) on
 random resized crops of every source train image: epsilon-prediction MSE, t uniform, DDPM

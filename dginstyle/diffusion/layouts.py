@@ -1,4 +1,4 @@
-"""`select-layouts`: the generation plan (method.md 1.5 and 2), one JSONL row per pair.
+"""`select-layouts`: the generation plan (docs/method.md 1.5 and 2), one JSONL row per pair.
 
 For every pair: a rare class c drawn by Rare Class Sampling (RCS), a source image holding
 more than `rcs_min_pixels` of c, a crop centred on a random pixel of c (up to `crop_tries`
@@ -6,7 +6,7 @@ tries, accepted when c covers more than `crop_min_share` of the crop, else the l
 kept), the classes present in the crop, and a prompt.
 
 Prompts. A "plain" prompt is the names of the classes present in the crop in train-ID order,
-space-joined (method.md 1.2), e.g. "road sidewalk building sky car". A weather prompt is
+space-joined (docs/method.md 1.2), e.g. "road sidewalk building sky car". A weather prompt is
 "A city street scene with {classes}, in {w} weather." The weather schedule (the released data
 set: 3000 adverse, 1000 night, 3000 plain of 7000) is scaled to `num_pairs` by largest
 remainders and its assignment to pairs shuffled by the seed.
@@ -127,7 +127,7 @@ def uniform_crop(label: np.ndarray, crop: tuple[int, int], rng: np.random.Genera
 
 
 def class_names(class_ids: list[int]) -> str:
-    """Class names in train-ID order, space-joined (method.md 1.2)."""
+    """Class names in train-ID order, space-joined (docs/method.md 1.2)."""
     return " ".join(CLASSES[c] for c in sorted(class_ids))
 
 

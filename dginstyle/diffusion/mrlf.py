@@ -1,4 +1,4 @@
-"""Multi-resolution Latent Fusion (MRLF, method.md 1.4): the sampler, as one explicit loop.
+"""Multi-resolution Latent Fusion (MRLF, docs/method.md 1.4): the sampler, as one explicit loop.
 
     label L (H x W train IDs) --one_hot--> C (20 x H x W, {0,1}, channel 19 = ignore)
     label L --large_region_mask--> M (H x W bool: 8-connected components of one class, area > A)
@@ -61,7 +61,7 @@ VIEW_IMPLEMENTATIONS = ("batched", "loop")
 
 @dataclass(frozen=True)
 class MRLFSettings:
-    """Sampler settings (defaults: the paper's dataset generation at 512 px, method.md 1.4)."""
+    """Sampler settings (defaults: the paper's dataset generation at 512 px, docs/method.md 1.4)."""
 
     mode: str = "mrlf"  # "mrlf" | "plain" (pass 1 only)
     scale: int = 2  # pass-2 resolution factor (any integer >= 1)

@@ -1,4 +1,4 @@
-"""Style Swap step 3: assemble the generator folder (method.md 1.3).
+"""Style Swap step 3: assemble the generator folder (docs/method.md 1.3).
 
     plain    unet/ = U^P (the prior's UNet), controlnet/ = the ControlNet trained against U^S:
              the paper's swap, no weight arithmetic.

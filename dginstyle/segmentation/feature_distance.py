@@ -1,5 +1,5 @@
 """ImageNet feature distance (FD) on thing classes, as DAFormer trains (Hoyer et al., CVPR 2022;
-method.md section 3: the paper's source-only "DACS" extras).
+docs/method.md section 3: the paper's source-only "DACS" extras).
 
 A frozen copy of the backbone holds the ImageNet weights the model started from. Each training
 step adds
@@ -40,7 +40,7 @@ from dginstyle.labels import IGNORE, NUM_CLASSES
 
 log = logging.getLogger(__name__)
 
-# method.md section 3: "ImageNet feature distance on thing classes (6, 7, 11-18), lambda 0.005";
+# docs/method.md section 3: ImageNet feature distance on the thing classes 6, 7, 11-18, weight 0.005;
 # DAFormer's imnet_feature_dist_scale_min_ratio 0.75.
 THING_CLASSES = (6, 7, 11, 12, 13, 14, 15, 16, 17, 18)
 LAMBDA = 0.005

@@ -1,5 +1,5 @@
 """Rare class sampling (RCS) of the source images during segmentation training (DAFormer;
-method.md sections 2-3).
+docs/method.md sections 2-3).
 
 Each source draw picks a class c with p(c) = softmax((1 - f_c) / T) (f_c: the class's pixel
 share over the source train split, T = 0.01), then uniformly an image holding more than

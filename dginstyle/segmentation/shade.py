@@ -1,6 +1,6 @@
 """SHADE style hallucination (Zhao, Zhong, Zhao, Sebe, Lee, "Style-Hallucinated Dual Consistency
 Learning for Domain Generalized Semantic Segmentation", ECCV 2022), the option of DGInStyle's
-HRDA row (method.md section 3: "HRDA ... with RCS T 0.01 and SHADE style hallucination").
+HRDA row (docs/method.md section 3: HRDA is trained with RCS, T = 0.01, and SHADE style hallucination).
 
 What it does, per training step:
   * Style Hallucination Module (SHM), after the backbone's first stage: each feature map x is
