@@ -183,3 +183,32 @@ def test_the_head_lr_multiplier_sets_the_decode_heads_learning_rate(tmp_path):
                 rates.setdefault(name_of[id(param)].split(".")[0], set()).add(round(group["lr"], 12))
         assert rates["decode_head"] == {round(1e-4 * mult, 12)}
         assert rates["backbone"] == {1e-4}
+
+
+def test_loader_workers_and_controlnet_checkpointing_reach_their_commands(tmp_path):
+    config = smoke()
+    config["segmentation"]["loader_workers"] = 3
+    config["controlnet"]["gradient_checkpointing"] = True
+    configfile = write_config(tmp_path / "changed.yaml", config)
+    targets = ["results/segmentation/source_only/seed0", "results/generator/controlnet"]
+    result = snakemake(*targets, "-n", "-p", "--cores", "1", "--configfile", str(configfile), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert all("--loader-workers 3" in line for line in lines if "train-segmentation" in line)
+    assert all("--gradient-checkpointing" in line for line in lines if "train-controlnet" in line)
+    config["segmentation"]["loader_workers"] = None
+    config["controlnet"]["gradient_checkpointing"] = False
+    configfile = write_config(tmp_path / "default.yaml", config)
+    result = snakemake(*targets, "-n", "-p", "--cores", "1", "--configfile", str(configfile), cwd=tmp_path)
+    assert "--loader-workers" not in result.stdout and "--gradient-checkpointing" not in result.stdout
+
+
+def test_loader_workers_default_to_none_on_a_cpu_and_the_threads_with_cuda(monkeypatch):
+    import torch
+
+    from dginstyle.segmentation.train import default_loader_workers
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert default_loader_workers(4) == 0
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert (default_loader_workers(1), default_loader_workers(4), default_loader_workers(32)) == (1, 4, 8)

@@ -50,6 +50,15 @@ DEFAULTS = dict(
 )  # fmt: skip
 
 
+def default_loader_workers(threads: int) -> int:
+    """Data-loader workers when none are asked for: with CUDA, decoding and augmenting images on
+    the main process starves the GPU, so one worker per thread of the job (at most 8); on a CPU
+    the workers would compete with the network for the same cores, so none."""
+    import torch
+
+    return min(8, max(1, threads)) if torch.cuda.is_available() else 0
+
+
 def latest_checkpoint(work_dir: Path) -> Path | None:
     """The checkpoint named in <work_dir>/last_checkpoint, checked to lie inside work_dir."""
     from dginstyle.compat import check_inside_run_dir
@@ -235,6 +244,7 @@ def train_segmentation(
     generated_repeat: int = 1,
     checkpoint_interval: int = 1000,
     log_interval: int = 50,
+    loader_workers: int | None = None,
     feature_distance: bool = False,
     fd_lambda: float = 0.005,
     fd_classes: tuple[int, ...] | list[int] | None = None,
@@ -283,6 +293,9 @@ def train_segmentation(
     torch.set_num_threads(threads)
     if batch_size < 1 or checkpoint_interval < 1 or log_interval < 1:
         raise DataError("batch size, checkpoint interval and log interval must be >= 1")
+    loader_workers = default_loader_workers(threads) if loader_workers is None else loader_workers
+    if loader_workers < 0:
+        raise DataError(f"--loader-workers must be >= 0, got {loader_workers}")
     if not head_lr_mult > 0:
         raise DataError(f"--head-lr-mult must be positive, got {head_lr_mult}")
     n_source = len(prepared_samples(source, "train"))
@@ -347,7 +360,7 @@ def train_segmentation(
         batch_size=batch_size, crop_size=crop, learning_rate=learning_rate, head_lr_mult=head_lr_mult,
         weight_decay=weight_decay, warmup_iterations=warmup_iterations, poly_power=poly_power, seed=seed, source_resize=source_resize,
         generated_resize=generated_resize, generated_repeat=generated_repeat, checkpoint_interval=checkpoint_interval,
-        log_interval=log_interval,
+        log_interval=log_interval, num_workers=loader_workers,
     )  # fmt: skip
     # SHADE collects its basis styles from the training data without rare class sampling (as the
     # release does): the plain dataset config, taken before RCS wraps it.
@@ -396,7 +409,7 @@ def train_segmentation(
             teacher, basis_styles=shade_settings["basis_styles"], concentration=shade_settings["concentration"],
             sc_weight=shade_settings["sc_weight"], rc_weight=shade_settings["rc_weight"],
         ).attach(runner.model)  # fmt: skip
-        style_loader = dict(batch_size=batch_size, num_workers=0, sampler=dict(type="DefaultSampler", shuffle=True), dataset=style_dataset)
+        style_loader = dict(batch_size=batch_size, num_workers=loader_workers, persistent_workers=False, sampler=dict(type="DefaultSampler", shuffle=True), dataset=style_dataset)
         shade_hook = make_hook(sh, style_loader, shade_settings["interval"], shade_settings["basis_samples"], seed)
         runner.register_hook(shade_hook)
     log_path = work_dir / TRAIN_LOG
@@ -508,6 +521,10 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--checkpoint-interval", type=int, default=1000)
     p.add_argument("--log-interval", type=int, default=50)
+    p.add_argument(
+        "--loader-workers", type=int, default=None,
+        help="data-loader worker processes (SHADE's style pass too); default: none on a CPU, the job's threads (up to 8) with CUDA",
+    )  # fmt: skip
     fd = p.add_argument_group("ImageNet feature distance (DAFormer; needs --pretrained)")
     fd.add_argument("--feature-distance", action="store_true", help="add lambda x the L2 distance of the bottleneck features to a frozen ImageNet copy, on thing-class pixels")
     fd.add_argument("--fd-lambda", type=float, default=0.005)
@@ -537,7 +554,7 @@ def _run(args: argparse.Namespace) -> None:
         weight_decay=args.weight_decay, warmup_iterations=args.warmup_iterations, poly_power=args.poly_power,
         seed=args.seed, threads=args.threads, pretrained=args.pretrained, source_resize=args.source_resize,
         generated_resize=args.generated_resize, generated_repeat=args.generated_repeat, checkpoint_interval=args.checkpoint_interval,
-        log_interval=args.log_interval, feature_distance=args.feature_distance, fd_lambda=args.fd_lambda,
+        log_interval=args.log_interval, loader_workers=args.loader_workers, feature_distance=args.feature_distance, fd_lambda=args.fd_lambda,
         fd_classes=args.fd_classes, fd_min_ratio=args.fd_min_ratio, rare_class_sampling=args.rare_class_sampling,
         rcs_temperature=args.rcs_temperature, rcs_min_pixels=args.rcs_min_pixels, rcs_min_crop_ratio=args.rcs_min_crop_ratio,
         shade=args.shade, shade_basis_styles=args.shade_basis_styles, shade_concentration=args.shade_concentration,

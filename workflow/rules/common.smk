@@ -364,6 +364,8 @@ def segmentation_options(wildcards):
     # Only where there is generated data, so that changing it leaves source-only runs alone.
     if experiment["data"] != "source" and hp["generated_repeat"] != 1:
         options += ["--generated-repeat", hp["generated_repeat"]]
+    if hp["loader_workers"] is not None:
+        options += ["--loader-workers", hp["loader_workers"]]
     pretrained = pretrained_weights(config, experiment_model(wildcards))
     if pretrained:
         options += ["--pretrained", pretrained]

@@ -120,6 +120,11 @@ rule train_controlnet:
     params:
         prior=prior_argument,
         hp=settings(config["controlnet"]),
+        checkpointing=(
+            "--gradient-checkpointing"
+            if config["controlnet"]["gradient_checkpointing"]
+            else ""
+        ),
         # Its validation grids are drawn as the generated data will be: at the generation's guidance.
         guidance=config["generation"]["guidance_scale"],
         checkpoints="results/checkpoints/train_controlnet",
@@ -131,7 +136,7 @@ rule train_controlnet:
         " --crop-size {params.hp[crop_size]:q} --rcs-temperature {params.hp[rcs_temperature]:q}"
         " --rcs-min-pixels {params.hp[rcs_min_pixels]:q} --validation-every {params.hp[validation_every]:q}"
         " --mixed-precision {params.hp[mixed_precision]:q} --seed {params.hp[seed]:q}"
-        " --guidance-scale {params.guidance:q} --checkpoint-every {params.hp[checkpoint_every]:q} > {log:q} 2>&1"
+        " --guidance-scale {params.guidance:q} {params.checkpointing} --checkpoint-every {params.hp[checkpoint_every]:q} > {log:q} 2>&1"
 
 
 rule style_swap:
