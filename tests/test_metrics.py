@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import warnings
 
 import numpy as np
 import pytest
@@ -295,3 +297,265 @@ def test_unknown_split_and_missing_folder(fake_dataset, tmp_path):
         evaluate_prediction_folder(preds, root, "test", tmp_path / "m.json")
     with pytest.raises(DataError, match="nowhere"):
         evaluate_prediction_folder(tmp_path / "nowhere", root, "val", tmp_path / "m.json")
+
+
+# --------------------------------------------------------------------------------------------
+# exact behaviour pinned by mutation testing (see docs/testing.md)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int64])
+def test_error_messages_list_at_most_ten_values_and_the_valid_range(dtype):
+    gt = np.zeros((1, 12), dtype=dtype)
+    bad = np.arange(19, 31, dtype=dtype)[None, :]  # 12 distinct out-of-range values
+    with pytest.raises(ValueError) as exc:
+        confusion_matrix(np.zeros((1, 12), dtype=dtype), bad)
+    assert str(exc.value) == f"ground truth holds values {list(range(19, 29))} that are neither train IDs 0..18 nor ignore 255"
+    with pytest.raises(ValueError) as exc:
+        confusion_matrix(bad, gt)
+    assert str(exc.value) == f"prediction holds values {list(range(19, 29))} on non-ignored pixels; a prediction must be a train ID 0..18"
+    # Another class count and ignore value show up in the messages.
+    with pytest.raises(ValueError) as exc:
+        confusion_matrix(np.zeros((1, 2), dtype=dtype), np.array([[5, 7]], dtype=dtype), num_classes=5, ignore=7)
+    assert str(exc.value) == "ground truth holds values [5] that are neither train IDs 0..4 nor ignore 7"
+    with pytest.raises(ValueError) as exc:
+        confusion_matrix(np.array([[5, 0]], dtype=dtype), np.array([[0, 7]], dtype=dtype), num_classes=5, ignore=7)
+    assert str(exc.value) == "prediction holds values [5] on non-ignored pixels; a prediction must be a train ID 0..4"
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int64])
+def test_first_value_past_the_classes_is_an_error(dtype):
+    """A ground truth of exactly C (19) is out of range, alone or beside larger values."""
+    with pytest.raises(ValueError) as exc:
+        confusion_matrix(np.array([[0, 0]], dtype=dtype), np.array([[0, 19]], dtype=dtype))
+    assert str(exc.value).startswith("ground truth holds values [19] ")
+    with pytest.raises(ValueError) as exc:
+        confusion_matrix(np.array([[0, 0, 0]], dtype=dtype), np.array([[19, 0, 40]], dtype=dtype))
+    assert str(exc.value).startswith("ground truth holds values [19, 40] ")
+
+
+def test_wide_values_in_non_uint8_maps_are_reported_as_they_are():
+    """Only two uint8 maps take the 256 x 256 fast path: a wider map (or a mix of dtypes) holding
+    values >= 256 must be reported with its real values, not wrapped modulo 256."""
+    u8 = np.array([[0, 1]], dtype=np.uint8)
+    for wide in (np.int64, np.uint16, np.int32):
+        with pytest.raises(ValueError) as exc:
+            confusion_matrix(u8, np.array([[300, 1]], dtype=wide))
+        assert str(exc.value).startswith("ground truth holds values [300] ")
+        with pytest.raises(ValueError) as exc:
+            confusion_matrix(np.array([[300, 1]], dtype=wide), u8)
+        assert str(exc.value).startswith("prediction holds values [300] ")
+        with pytest.raises(ValueError) as exc:
+            confusion_matrix(np.array([[0, 1]], dtype=wide), np.array([[300, 1]], dtype=wide))
+        assert str(exc.value).startswith("ground truth holds values [300] ")
+    # Mixed dtypes with valid values give the same matrix as two uint8 maps.
+    pred = np.array([[0, 3, 18]], dtype=np.uint8)
+    gt = np.array([[0, 255, 18]], dtype=np.uint8)
+    expected = confusion_matrix(pred, gt)
+    for p, g in [(pred, gt.astype(np.int64)), (pred.astype(np.int64), gt), (pred.astype(np.uint16), gt.astype(np.int32))]:
+        conf = confusion_matrix(p, g)
+        assert conf.dtype == np.int64
+        np.testing.assert_array_equal(conf, expected)
+
+
+def test_class_counts_and_ignore_values_beyond_uint8():
+    pred = np.array([[0, 255, 7]], dtype=np.uint8)
+    gt = np.array([[0, 254, 255]], dtype=np.uint8)
+    # 257 classes: the matrix is 257 x 257 even though uint8 maps cannot reach class 256.
+    conf = confusion_matrix(pred, gt, num_classes=257)
+    assert conf.shape == (257, 257) and conf.dtype == np.int64
+    assert conf[0, 0] == 1 and conf[254, 255] == 1 and conf.sum() == 2
+    conf = confusion_matrix(pred, gt, num_classes=257, ignore=300)
+    assert conf.shape == (257, 257) and conf.dtype == np.int64
+    assert conf[0, 0] == 1 and conf[254, 255] == 1 and conf[255, 7] == 1 and conf.sum() == 3
+    # 256 classes: every uint8 value is a class; the result is that of the general path.
+    conf = confusion_matrix(pred, gt, num_classes=256)
+    assert conf.shape == (256, 256) and conf.dtype == np.int64 and conf.sum() == 2
+    np.testing.assert_array_equal(conf, confusion_matrix(pred.astype(np.int64), gt.astype(np.int64), num_classes=256))
+    # An ignore value no uint8 pixel can hold ignores nothing.
+    conf = confusion_matrix(pred, gt, num_classes=256, ignore=256)
+    assert conf.shape == (256, 256) and conf.sum() == 3 and conf[255, 7] == 1
+    with pytest.raises(ValueError) as exc:
+        confusion_matrix(pred, gt, ignore=256)
+    assert str(exc.value) == "ground truth holds values [254, 255] that are neither train IDs 0..18 nor ignore 256"
+    # Ignore 0: class 0 is skipped, on both paths.
+    pred0, gt0 = np.array([[5, 18, 200]], dtype=np.uint8), np.array([[0, 1, 0]], dtype=np.uint8)
+    conf = confusion_matrix(pred0, gt0, ignore=0)
+    assert conf.sum() == 1 and conf[1, 18] == 1
+    np.testing.assert_array_equal(conf, confusion_matrix(pred0.astype(np.int64), gt0.astype(np.int64), ignore=0))
+
+
+def test_metrics_of_a_matrix_that_is_not_19_by_19():
+    conf = np.array([[3, 1, 0], [0, 2, 0], [0, 0, 0]])
+    m = metrics_from_confusion(conf, num_images=2)
+    assert m["classes"] == ["0", "1", "2"]
+    assert list(m["IoU"]) == ["0", "1", "2"]
+    assert m["IoU"] == {"0": pytest.approx(3 / 4), "1": pytest.approx(2 / 3), "2": None}
+    assert m["Acc"] == {"0": pytest.approx(3 / 4), "1": 1.0, "2": None}
+    assert m["gt_pixels"] == {"0": 4, "1": 2, "2": 0}
+    assert m["pred_pixels"] == {"0": 3, "1": 3, "2": 0}
+    assert m["num_classes_in_miou"] == 2 and m["valid_pixels"] == 6 and m["num_images"] == 2
+    named = metrics_from_confusion(conf, classes=("a", "b", "c"))
+    assert named["classes"] == ["a", "b", "c"] and named["IoU"]["c"] is None
+
+
+def test_metrics_texts():
+    m = metrics_from_confusion(np.eye(NUM_CLASSES, dtype=np.int64))
+    assert m["values"] == "fractions in [0, 1] (tables show percent)"
+    assert m["miou_over"] == MIOU_OVER
+    assert m["macc_over"] == "classes present in the ground truth, as mmseg IoUMetric"
+    assert m["num_images"] is None and m["mIoU"] == m["aAcc"] == m["mAcc"] == 1.0
+
+
+@pytest.mark.parametrize("shape", [(2, 3), (3, 2), (4,), (2, 2, 2)])
+def test_non_square_matrix_is_refused(shape):
+    with pytest.raises(ValueError) as exc:
+        metrics_from_confusion(np.zeros(shape, dtype=np.int64))
+    assert str(exc.value) == f"confusion matrix must be square, got shape {shape}"
+
+
+def test_absent_classes_give_none_without_numpy_warnings():
+    conf = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no 0/0 division, no mean of an empty slice
+        empty = metrics_from_confusion(conf)
+        conf[0, 0] = 5
+        conf[1, 0] = 1
+        some = metrics_from_confusion(conf)
+    assert empty["mIoU"] is None and empty["aAcc"] is None and empty["mAcc"] is None
+    assert all(v is None for v in empty["IoU"].values()) and all(v is None for v in empty["Acc"].values())
+    assert empty["num_classes_in_miou"] == 0
+    assert some["IoU"]["road"] == pytest.approx(5 / 6) and some["IoU"]["sidewalk"] == 0.0 and some["IoU"]["car"] is None
+    assert some["Acc"]["road"] == 1.0 and some["Acc"]["sidewalk"] == 0.0 and some["Acc"]["car"] is None
+    assert some["mAcc"] == pytest.approx(0.5) and some["mIoU"] == pytest.approx(5 / 12)
+    json.dumps(some, allow_nan=False)
+    json.dumps(empty, allow_nan=False)
+
+
+def test_ratio_is_nan_where_the_denominator_is_zero():
+    from dginstyle.metrics import _ratio
+
+    out = _ratio(np.array([1.0, 0.0, 2.0, 3.0]), np.array([0, 0, 4, 3]))
+    assert out.dtype == np.float64
+    np.testing.assert_array_equal(out, [np.nan, np.nan, 0.5, 1.0])
+
+
+def _set_manifest(root, manifest: dict) -> None:
+    (root / MANIFEST).write_text(json.dumps(manifest))
+
+
+def test_result_json_fields(fake_dataset, tmp_path):
+    root, preds, pairs = fake_dataset
+    _set_manifest(root, {"dataset": "Fancy DS", "name": "nick", "labelled": True})
+    out = tmp_path / "out.json"
+    result = evaluate_prediction_folder(preds, root, "val", out, threads=1)
+    assert result["dataset"] == "Fancy DS"
+    assert result["dataset_dir"] == str(root) and result["pred_dir"] == str(preds) and result["split"] == "val"
+    assert result["ignore_index"] == 255
+    assert result["confusion_matrix_axes"] == "rows = ground truth, columns = prediction (train IDs)"
+    assert result["extra_predictions_ignored"] == 1 and result["num_images"] == 3
+    expected = sum(confusion_matrix(p, g) for p, g in pairs)
+    assert result["confusion_matrix"] == expected.tolist()
+    assert all(type(v) is int for row in result["confusion_matrix"] for v in row)
+    for key, value in metrics_from_confusion(expected, num_images=3).items():
+        assert result[key] == value, key
+    written = json.loads(out.read_text())
+    assert written == result
+    assert all(type(v) is int for row in written["confusion_matrix"] for v in row)
+
+
+@pytest.mark.parametrize(
+    ("manifest", "expected"),
+    [
+        ({"dataset": "Fancy DS"}, "Fancy DS"),
+        ({"dataset": "Fancy DS", "name": "nick"}, "Fancy DS"),
+        ({"name": "nick"}, "nick"),
+        ({"dataset": "", "name": "nick"}, "nick"),
+        ({}, "fake_ds"),
+        ({"dataset": None, "name": ""}, "fake_ds"),
+    ],
+)
+def test_dataset_name_fallbacks(fake_dataset, tmp_path, manifest, expected):
+    root, preds, _ = fake_dataset
+    _set_manifest(root, manifest)
+    assert evaluate_prediction_folder(preds, root, "val", tmp_path / "m.json", threads=1)["dataset"] == expected
+
+
+def test_log_line(fake_dataset, tmp_path, caplog):
+    root, preds, _ = fake_dataset
+    _set_manifest(root, {"dataset": "Fancy DS"})
+    out = tmp_path / "m.json"
+    with caplog.at_level(logging.INFO, logger="dginstyle.metrics"):
+        result = evaluate_prediction_folder(preds, root, "val", out, threads=1)
+    assert 0 < result["mIoU"] < 1
+    assert caplog.messages == [f"Fancy DS/val: mIoU {100 * result['mIoU']:.2f}% over 3 images -> {out}"]
+
+
+def test_log_line_without_miou(fake_dataset, tmp_path, caplog):
+    root, preds, _ = fake_dataset
+    for stem in ("a", "b", "c"):
+        (root / "labels" / "val" / f"{stem}.png").write_bytes(encode_label_png(np.full((24, 40), IGNORE, np.uint8)))
+    out = tmp_path / "m.json"
+    with caplog.at_level(logging.INFO, logger="dginstyle.metrics"):
+        result = evaluate_prediction_folder(preds, root, "val", out, threads=1)
+    assert result["mIoU"] is None and result["valid_pixels"] == 0
+    assert caplog.messages == [f"fake_ds/val: mIoU 0.00% over 3 images -> {out}"]
+
+
+def test_empty_split_is_refused(fake_dataset, tmp_path):
+    root, preds, _ = fake_dataset
+    (root / "val.txt").write_text("")
+    with pytest.raises(DataError) as exc:
+        evaluate_prediction_folder(preds, root, "val", tmp_path / "m.json")
+    assert str(exc.value) == f"{root}: split 'val' is empty; nothing to evaluate"
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_damaged_prediction_is_named_a_prediction(fake_dataset, tmp_path):
+    root, preds, _ = fake_dataset
+    (preds / "b.png").write_bytes(b"not a png at all")
+    with pytest.raises(DataError) as exc:
+        evaluate_prediction_folder(preds, root, "val", tmp_path / "m.json", threads=1)
+    assert str(exc.value).startswith(f"{preds / 'b.png'}: cannot decode prediction PNG")
+    (root / "labels" / "val" / "b.png").write_bytes(b"not a png at all")
+    (preds / "b.png").write_bytes(encode_label_png(np.zeros((24, 40), np.uint8)))
+    with pytest.raises(DataError) as exc:
+        evaluate_prediction_folder(preds, root, "val", tmp_path / "m.json", threads=1)
+    assert str(exc.value).startswith(f"{root / 'labels' / 'val' / 'b.png'}: cannot decode label PNG")
+
+
+@pytest.fixture
+def pools(monkeypatch):
+    """Records the max_workers of every ThreadPoolExecutor evaluate_prediction_folder opens."""
+    import dginstyle.metrics as metrics_module
+
+    made: list = []
+    real = metrics_module.ThreadPoolExecutor
+
+    class Recording(real):
+        def __init__(self, max_workers=None, *args, **kwargs):
+            made.append(max_workers)
+            super().__init__(max_workers, *args, **kwargs)
+
+    monkeypatch.setattr(metrics_module, "ThreadPoolExecutor", Recording)
+    return made
+
+
+def test_thread_count_chooses_the_code_path(fake_dataset, tmp_path, monkeypatch, pools):
+    root, preds, pairs = fake_dataset
+    expected = sum(confusion_matrix(p, g) for p, g in pairs).tolist()
+
+    def run(threads):
+        pools.clear()
+        result = evaluate_prediction_folder(preds, root, "val", tmp_path / f"{threads}.json", threads=threads)
+        assert result["confusion_matrix"] == expected
+        return list(pools)
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert run(1) == []  # one thread: no pool, whatever the environment says
+    assert run(2) == [2]
+    assert run(5) == [5]
+    assert run(None) == [3]  # default: $OMP_NUM_THREADS
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert run(None) == []
+    assert run(2) == [2]
