@@ -22,6 +22,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/generator.smk"
 include: "workflow/rules/generate.smk"
 include: "workflow/rules/segment.smk"
+include: "workflow/rules/pretrained.smk"
 include: "workflow/rules/tables.smk"
 
 

@@ -83,6 +83,7 @@ def validate_config(config: dict, schema_path: Path = SCHEMA_PATH, check_roots: 
     _check_references(config)
     if check_roots:
         _check_dataset_roots(config)
+        _check_prior_file(config.get("prior", {}))
     return config
 
 
@@ -154,6 +155,29 @@ def _check_references(config: dict) -> None:
                 raise ConfigError(f"config key 'experiments.{experiment_name}.test_sizes.{name}': {name!r} is not a target ({', '.join(config['targets'])})")
     if corpus and config["prior"].get("model"):
         raise ConfigError("config keys 'prior.model' and 'prior.corpus': give a pretrained model or a corpus to train the tiny prior on, not both")
+    _check_prior_config(config.get("prior", {}))
+
+
+# A single checkpoint in the original Stable Diffusion layout (dginstyle.diffusion.models.SINGLE_FILE_SUFFIXES,
+# not imported here: planning does not load torch).
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+
+
+def _check_prior_config(prior: dict) -> None:
+    """prior.config gives the configs of a single-file prior.model and of nothing else."""
+    model, configs = prior.get("model"), prior.get("config")
+    if configs and not (model and Path(model).suffix in SINGLE_FILE_SUFFIXES):
+        raise ConfigError(
+            f"config key 'prior.config': configs are for a single checkpoint file as prior.model ({', '.join(SINGLE_FILE_SUFFIXES)}); "
+            f"prior.model is {model!r}, which brings its own (remove prior.config)"
+        )
+
+
+def _check_prior_file(prior: dict) -> None:
+    """A single-file prior.model must exist when the DAG is planned, not when the first GPU job starts."""
+    model = prior.get("model")
+    if model and Path(model).suffix in SINGLE_FILE_SUFFIXES and not Path(model).is_file():
+        raise ConfigError(f"config key 'prior.model': checkpoint file {model} not found (docs/weights.md says where the Stable Diffusion files go)")
 
 
 # The settings an experiment may give itself, with the segmentation key it inherits otherwise.

@@ -129,6 +129,7 @@ def test_paper_dry_run_against_fake_dataset_trees(tmp_path):
         make_tree(entry["format"], root, count=3, names_only=True)
         entry["root"] = str(root)
     configfile = write_config(tmp_path / "paper.yaml", config)
+    backbone_downloads(tmp_path)
     result = snakemake("-n", "-p", "--cores", "2", "--configfile", str(configfile), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     jobs = planned_jobs(result)
@@ -139,7 +140,7 @@ def test_paper_dry_run_against_fake_dataset_trees(tmp_path):
     assert jobs["finetune_unet"] == 1 and jobs["train_controlnet"] == 1 and jobs["style_swap"] == 2
     assert config["generation"]["shards"] == 28
     assert jobs["generate"] == len(config["generated_sets"]) * 28
-    assert "--prior runwayml/stable-diffusion-v1-5" in result.stdout
+    assert "--prior stable-diffusion-v1-5/stable-diffusion-v1-5 " in result.stdout
     experiments = len(config["experiments"])
     assert jobs["train_segmentation"] == experiments * 3 and jobs["evaluate"] == experiments * 3 * 5
     assert "--model daformer_mitb5" in result.stdout and "--source-resize 1280x720" in result.stdout
@@ -147,13 +148,39 @@ def test_paper_dry_run_against_fake_dataset_trees(tmp_path):
     assert "--root" in result.stdout and str(tmp_path / "data" / "gta5") in result.stdout
 
 
-def paper_config_on_fake_trees(tmp_path: Path) -> Path:
+def paper_config_on_fake_trees(tmp_path: Path, downloads: bool = True) -> Path:
+    """paper.yaml with its datasets on fake trees under `tmp_path` (the working directory) and,
+    with `downloads`, the public ImageNet backbone checkpoints where docs/weights.md puts them."""
     config = yaml.safe_load(PAPER.read_text())
     for name, entry in config["datasets"].items():
         root = tmp_path / "data" / name
         make_tree(entry["format"], root, count=3, names_only=True)
         entry["root"] = str(root)
+    if downloads:
+        backbone_downloads(tmp_path)
     return write_config(tmp_path / "paper.yaml", config)
+
+
+def backbone_downloads(workdir: Path) -> list[Path]:
+    """Tiny random-init stand-ins for the downloaded mit_b5.pth and resnet101_v1c-e67eebb6.pth,
+    in their public key layouts, at resources/ under the working directory (planning only checks
+    that they exist; `convert-pretrained` itself is tested in test_seg_models.py)."""
+    import torch
+
+    from dginstyle.segmentation.pretrained import PUBLIC_CHECKPOINTS, download_path
+
+    g = torch.Generator().manual_seed(0)
+    layouts = {
+        "mit": {"patch_embed1.proj.weight": (8, 3, 7, 7), "patch_embed1.proj.bias": (8,), "block1.0.attn.q.weight": (8, 8), "norm1.weight": (8,)},
+        "resnet": {"stem.0.weight": (4, 3, 3, 3), "layer1.0.conv1.weight": (4, 4, 1, 1), "fc.weight": (10, 16)},
+    }
+    paths = []
+    for backbone, entry in PUBLIC_CHECKPOINTS.items():
+        path = workdir / download_path(backbone)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"state_dict": {k: torch.randn(*shape, generator=g) for k, shape in layouts[entry["format"]].items()}}, path)
+        paths.append(path)
+    return paths
 
 
 @pytest.mark.parametrize("table", list(yaml.safe_load(PAPER.read_text())["tables"]))

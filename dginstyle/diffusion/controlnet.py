@@ -110,6 +110,7 @@ def train_controlnet(
     checkpoint_every: int = 500,
     log_every: int = 10,
     split: str = "train",
+    prior_config: str | None = None,
 ) -> dict:
     """Train a 20-channel ControlNet from U^S's encoder against frozen U^S; returns the metadata."""
     import torch
@@ -128,6 +129,7 @@ def train_controlnet(
         loss_log,
         model_fingerprint,
         model_source,
+        prior_config_record,
         run_steps,
         step_keys,
         torch_generator,
@@ -141,6 +143,7 @@ def train_controlnet(
     config = dict(
         prior=model_source(prior),
         prior_fingerprint=model_fingerprint(prior),
+        **prior_config_record(prior_config),
         unet=str(unet_path.resolve()),
         unet_fingerprint=model_fingerprint(unet_path),
         source=str(source.resolve()),
@@ -160,7 +163,7 @@ def train_controlnet(
     )
 
     rt = Runtime.create(device, mixed_precision, seed)
-    components = models.load_components(prior)
+    components = models.load_components(prior, config=prior_config)
     vae, text_encoder, tokenizer, unet_p = components["vae"], components["text_encoder"], components["tokenizer"], components["unet"]
     unet_s = load_unet_folder(unet_path, "U^S (source UNet)")
     check_compatible(unet_s, unet_p, unet_path, prior / "unet", "U^S")

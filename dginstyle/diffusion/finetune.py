@@ -67,6 +67,7 @@ def finetune_unet(
     checkpoint_every: int = 500,
     log_every: int = 10,
     split: str = "train",
+    prior_config: str | None = None,
 ) -> dict:
     """Fine-tune U^P -> U^S on all source images with the empty prompt; returns the metadata."""
     import torch
@@ -83,6 +84,7 @@ def finetune_unet(
     config = dict(
         prior=model_source(prior),
         prior_fingerprint=model_fingerprint(prior),
+        **prior_config_record(prior_config),
         source=str(source.resolve()),
         split=split,
         learning_rate=learning_rate,
@@ -100,7 +102,7 @@ def finetune_unet(
     )
 
     rt = Runtime.create(device, mixed_precision, seed)
-    components = models.load_components(prior)
+    components = models.load_components(prior, config=prior_config)
     vae, text_encoder, tokenizer = components["vae"], components["text_encoder"], components["tokenizer"]
     unet = components["unet"]
     check_crop_size(crop_size, vae, unet, "--crop-size")
@@ -193,6 +195,12 @@ def model_source(path: Path) -> str:
     """A local folder as its absolute path; a model id (HF cache) as given."""
     path = Path(path)
     return str(path.resolve()) if path.exists() else str(path)
+
+
+def prior_config_record(prior_config: str | None) -> dict:
+    """What a single-file prior's configs source adds to a stage's recorded settings (nothing
+    without one, so that the settings of runs made before the option stay as they were)."""
+    return {} if prior_config is None else {"prior_config": model_source(Path(prior_config))}
 
 
 def model_fingerprint(path: Path) -> str:
@@ -496,9 +504,21 @@ def ratio_list(text: str) -> tuple[float, ...]:
     return values
 
 
+PRIOR_HELP = (
+    "the prior U^P: a diffusers folder, a model id (owner/name) through the Hugging Face cache (downloaded when "
+    "online; HF_HUB_OFFLINE=1: the cache only), or one checkpoint in the original Stable Diffusion layout "
+    "(.safetensors, or .ckpt read weights-only)"
+)
+PRIOR_CONFIG_HELP = (
+    "for a single-file --prior only: the diffusers folder or model id whose configs, tokenizer and scheduler "
+    "it is loaded with (default: stable-diffusion-v1-5/stable-diffusion-v1-5)"
+)
+
+
 def add_common_training_args(p: argparse.ArgumentParser, *, lr: float, batch: int, accumulation: int) -> None:
     """Options shared by the two training stages (optimizer, precision, device, checkpoints)."""
-    p.add_argument("--prior", required=True, type=Path, help="prior pipeline folder (or model id in the local HF cache)")
+    p.add_argument("--prior", required=True, type=Path, help=PRIOR_HELP)
+    p.add_argument("--prior-config", default=None, help=PRIOR_CONFIG_HELP)
     p.add_argument("--source", required=True, type=Path, help="prepared source dataset")
     p.add_argument("--out", required=True, type=Path, help="output folder (written atomically)")
     p.add_argument("--checkpoints", required=True, type=Path, help="checkpoint folder (resumes from its newest checkpoint)")
@@ -523,7 +543,7 @@ def add_common_training_args(p: argparse.ArgumentParser, *, lr: float, batch: in
 def common_kwargs(args: argparse.Namespace) -> dict:
     names = (
         "steps learning_rate batch_size gradient_accumulation adam_beta1 adam_beta2 weight_decay adam_epsilon "
-        "max_grad_norm mixed_precision gradient_checkpointing seed device checkpoint_every log_every split"
+        "max_grad_norm mixed_precision gradient_checkpointing seed device checkpoint_every log_every split prior_config"
     ).split()
     return {name: getattr(args, name) for name in names}
 

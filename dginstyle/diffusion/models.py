@@ -1,7 +1,9 @@
 """Model factory: the latent diffusion components at two scales from one code path.
 
-Paper scale: a pretrained Stable Diffusion 1.5 diffusers folder (local path or model id in the
-local Hugging Face cache; nothing is downloaded at run time). Miniature world: the same
+Paper scale: a pretrained Stable Diffusion 1.5: a diffusers folder, a model id through the
+Hugging Face cache (downloaded when online, the cache only with HF_HUB_OFFLINE=1), or one
+checkpoint in the original SD layout with the configs of a diffusers folder or id (see
+"loading a prior" below, docs/weights.md). Miniature world: the same
 component classes (AutoencoderKL, CLIPTextModel + CLIPTokenizer, UNet2DConditionModel,
 ControlNetModel) with tiny widths, built from configs, with a tokenizer whose vocabulary is
 built offline from the corpus captions.
@@ -311,41 +313,228 @@ def save_pipeline(folder: Path, components: dict, metadata: dict) -> None:
     atomic_write_json(folder / METADATA, metadata)
 
 
-def _from(cls, source: str, subfolder: str, dtype: torch.dtype | None = None):
-    local = Path(source).is_dir()
-    where = Path(source) / subfolder if local else source
-    kwargs = {} if local else {"subfolder": subfolder, "local_files_only": True}
-    if dtype is not None:
-        kwargs["torch_dtype"] = dtype
+# ----------------------------------------------------------------------------- loading a prior
+#
+# Three ways a user has Stable Diffusion 1.5 (docs/weights.md):
+# - a model id (owner/name), resolved through the standard Hugging Face cache (HF_HOME /
+#   HF_HUB_CACHE): what is missing is downloaded when the machine is online; with
+#   HF_HUB_OFFLINE=1 nothing touches the network and a model not in the cache is one DataError
+#   saying how to get it;
+# - a local diffusers folder;
+# - one checkpoint in the original Stable Diffusion (LDM) layout, `.safetensors` or `.ckpt`
+#   (v1-5-pruned-emaonly.*): the file holds the weights only, so the configs, tokenizer and
+#   scheduler come from a diffusers folder or model id (`config`, default SD 1.5's id). A `.ckpt`
+#   is a pickle: it is read with torch.load(weights_only=True) here, never by a full unpickler.
+
+#: The maintained copy of Stable Diffusion 1.5 on the hub (runwayml/stable-diffusion-v1-5 is gone).
+SD15_MODEL_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+#: What a pipeline needs of a model repo: its configs, tokenizer and safetensors weights. Nothing
+#: else is fetched (SD 1.5's repo also holds 4-8 GB root checkpoints, .bin, fp16 and non-EMA copies).
+PIPELINE_FILES = (
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "tokenizer/*",
+    "text_encoder/config.json",
+    "text_encoder/model.safetensors",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+    "vae/config.json",
+    "vae/diffusion_pytorch_model.safetensors",
+)
+#: What a single-file checkpoint needs besides its weights.
+CONFIG_FILES = ("model_index.json", "scheduler/scheduler_config.json", "tokenizer/*", "*/config.json")
+
+
+def is_single_file(source: str | Path) -> bool:
+    """Whether `source` names one checkpoint file in the original SD layout (by its suffix)."""
+    return Path(str(source)).suffix in SINGLE_FILE_SUFFIXES
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) as huggingface_hub reads it, also when it was set
+    after huggingface_hub was imported."""
+    import os
+
+    from huggingface_hub import constants
+
+    env = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return bool(constants.HF_HUB_OFFLINE) or env.strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def _download_hint(repo_id: str, patterns: tuple[str, ...], offline: bool) -> str:
+    include = " ".join(f"--include '{p}'" for p in patterns)
+    return (
+        f"on a machine with network access run `hf download {repo_id} {include}` with the same HF_HOME "
+        f"(or copy its hub cache here){', or unset HF_HUB_OFFLINE to let this job download it' if offline else ''}, "
+        f"or give a local diffusers folder or single checkpoint file instead (docs/weights.md)"
+    )
+
+
+def hub_snapshot(repo_id: str, patterns: tuple[str, ...] = PIPELINE_FILES) -> Path:
+    """The local folder of model `repo_id` in the Hugging Face cache, holding at least the files
+    matching `patterns`: downloaded where missing when online, the cache only when HF_HUB_OFFLINE
+    is set (no network access at all). DataError in one line when it cannot be had."""
+    import huggingface_hub
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    offline = hub_offline()
     try:
-        return cls.from_pretrained(where, **kwargs)
-    except (OSError, ValueError, EnvironmentError) as exc:
-        raise DataError(f"{source}: cannot load {subfolder} ({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from None
+        folder = huggingface_hub.snapshot_download(repo_id, allow_patterns=list(patterns), local_files_only=offline)
+    except LocalEntryNotFoundError as exc:
+        why = "HF_HUB_OFFLINE is set" if offline else f"the hub could not be reached ({_first_line(exc)})"
+        raise DataError(
+            f"{repo_id}: model not in the Hugging Face cache {constants.HF_HUB_CACHE} (nor a local folder) and {why}; "
+            f"{_download_hint(repo_id, patterns, offline)}"
+        ) from None
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        raise DataError(f"{repo_id}: cannot download it from the Hugging Face hub ({exc.__class__.__name__}: {_first_line(exc)})") from None
+    folder = Path(folder)
+    missing = [p for p in patterns if "*" not in p and not (folder / p).is_file()]
+    if not (folder / "tokenizer").is_dir():
+        missing.append("tokenizer/")
+    if missing:
+        raise DataError(
+            f"{repo_id}: the cached copy {folder} lacks {', '.join(missing)}"
+            + (f"; {_download_hint(repo_id, patterns, offline)}" if offline else " (is this a Stable Diffusion diffusers repo?)")
+        )
+    return folder
 
 
-def load_components(source: str | Path, device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> dict:
-    """Load a pipeline folder (or a model id already in the local HF cache) into components."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else exc.__class__.__name__
+
+
+def resolve_model_folder(source: str | Path, patterns: tuple[str, ...] = PIPELINE_FILES) -> Path:
+    """A local diffusers folder as given; a model id (owner/name) through the HF cache."""
+    text = str(source)
+    if Path(text).is_dir():
+        return Path(text)
+    if text.count("/") != 1 or text.startswith((".", "/", "~")):
+        raise DataError(f"{text}: not a diffusers folder, a single checkpoint file ({', '.join(SINGLE_FILE_SUFFIXES)}) or a model id (owner/name)")
+    return hub_snapshot(text, patterns)
+
+
+def _from(cls, source: str, subfolder: str, dtype: torch.dtype | None = None, name: str | None = None):
+    """Component `subfolder` of a diffusers folder (a model id is resolved through the HF cache)."""
+    folder = resolve_model_folder(source) if not Path(str(source)).is_dir() else Path(str(source))
+    kwargs = {} if dtype is None else {"torch_dtype": dtype}
+    try:
+        return cls.from_pretrained(folder / subfolder, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{name or source}: cannot load {subfolder} ({exc.__class__.__name__}: {_first_line(exc)})") from None
+
+
+def read_original_checkpoint(path: Path) -> dict:
+    """The tensors of a single-file checkpoint in the original SD layout. `.safetensors` holds
+    tensors only; a `.ckpt` is a pickle, read with torch.load(weights_only=True) (a file holding
+    any other object is refused before anything in it runs), its `state_dict` unwrapped."""
+    import zipfile
+
+    from dginstyle.compat import load_error_line
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: checkpoint file not found")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise DataError(f"{path}: not a readable safetensors file ({exc.__class__.__name__}: {_first_line(exc)})") from None
+    else:
+        try:  # memory-mapped where the file is in torch's zip format: a 4 GB file is not read twice
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+        except Exception as exc:  # noqa: BLE001 - UnpicklingError for a refused object; RuntimeError, EOFError, ... for a broken file
+            raise DataError(
+                f"{path}: refused by the weights-only loader or unreadable ({load_error_line(exc)}); "
+                f"the .safetensors version of the same checkpoint holds tensors only"
+            ) from None
+        while isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+    if not isinstance(state, dict) or not state:
+        raise DataError(f"{path}: not a state dict of tensors (found {type(state).__name__})")
+    bad = next((k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)), None)
+    if bad is not None:
+        raise DataError(f"{path}: not a state dict of tensors ({bad!r} is a {type(state[bad]).__name__})")
+    return state
+
+
+def _check_loaded(model, path: Path, part: str, config: str) -> None:
+    """A component built on the meta device keeps meta tensors where the checkpoint had none."""
+    empty = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.device.type == "meta"]
+    if empty:
+        raise DataError(
+            f"{path}: holds no weights for {len(empty)} tensors of the {part} of {config} (e.g. {empty[0]}); "
+            f"is it a Stable Diffusion checkpoint of that family (prior.config / --prior-config names the configs)?"
+        )
+
+
+def load_single_file(path: str | Path, config: str | Path | None = None, dtype: torch.dtype = torch.float32) -> dict:
+    """Components of a single checkpoint in the original Stable Diffusion layout: weights from
+    `path` (read here, weights-only), configs, tokenizer and scheduler from `config` (a diffusers
+    folder or model id; default SD 1.5's id), converted by diffusers' single-file converters with
+    local files only."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    path = Path(path)
+    config_name = str(config) if config is not None else SD15_MODEL_ID
+    state = read_original_checkpoint(path)
+    folder = resolve_model_folder(config_name, CONFIG_FILES)
+    common = {"config": str(folder), "local_files_only": True, "torch_dtype": dtype}
+    components = {}
+    try:
+        components["unet"] = UNet2DConditionModel.from_single_file(state, subfolder="unet", **common)
+        components["vae"] = AutoencoderKL.from_single_file(state, subfolder="vae", **common)
+        components["text_encoder"] = create_diffusers_clip_model_from_ldm(CLIPTextModel, state, subfolder="text_encoder", **common)
+    except Exception as exc:  # noqa: BLE001 - diffusers raises ValueError, KeyError, RuntimeError (shapes), SingleFileComponentError, ...
+        part = next(n for n in ("unet", "vae", "text_encoder") if n not in components)
+        raise DataError(
+            f"{path}: cannot build the {part} from it with the configs of {config_name} ({exc.__class__.__name__}: {_first_line(exc)})"
+        ) from None
+    for part, model in components.items():
+        _check_loaded(model, path, part, config_name)
+        model.eval()
+    components["tokenizer"] = _from(CLIPTokenizer, str(folder), "tokenizer", name=config_name)
+    try:
+        components["scheduler"] = DDIMScheduler.from_pretrained(folder / "scheduler")
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{config_name}: cannot load scheduler ({exc.__class__.__name__}: {_first_line(exc)})") from None
+    return components
+
+
+def load_components(
+    source: str | Path, device: torch.device | None = None, dtype: torch.dtype = torch.float32, config: str | Path | None = None
+) -> dict:
+    """The components (vae, text_encoder, tokenizer, unet, scheduler) of a prior: a diffusers
+    folder, a model id (through the HF cache, see hub_snapshot) or one checkpoint file in the
+    original SD layout whose configs come from `config` (see load_single_file)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     source = str(source)
-    if not Path(source).is_dir() and Path(source).suffix == "" and "/" not in source:
-        raise DataError(f"{source}: not a pipeline folder and not a model id (owner/name)")
-    components = {
-        "vae": _from(AutoencoderKL, source, "vae", dtype),
-        "text_encoder": _from(CLIPTextModel, source, "text_encoder", dtype),
-        "tokenizer": _from(CLIPTokenizer, source, "tokenizer"),
-        "unet": _from(UNet2DConditionModel, source, "unet", dtype),
-    }
-    from diffusers import DDIMScheduler
-
-    try:
-        if Path(source).is_dir():
-            components["scheduler"] = DDIMScheduler.from_pretrained(Path(source) / "scheduler")
-        else:
-            components["scheduler"] = DDIMScheduler.from_pretrained(source, subfolder="scheduler", local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{source}: cannot load scheduler ({exc})") from None
+    if is_single_file(source):
+        components = load_single_file(source, config, dtype)
+    else:
+        if config is not None:
+            raise DataError(f"{source}: a configs source ({config}) is for a single checkpoint file ({', '.join(SINGLE_FILE_SUFFIXES)}) only")
+        folder = resolve_model_folder(source)
+        components = {
+            "vae": _from(AutoencoderKL, str(folder), "vae", dtype, name=source),
+            "text_encoder": _from(CLIPTextModel, str(folder), "text_encoder", dtype, name=source),
+            "tokenizer": _from(CLIPTokenizer, str(folder), "tokenizer", name=source),
+            "unet": _from(UNet2DConditionModel, str(folder), "unet", dtype, name=source),
+        }
+        try:
+            components["scheduler"] = DDIMScheduler.from_pretrained(folder / "scheduler")
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{source}: cannot load scheduler ({exc})") from None
     if device is not None:
         for name in ("vae", "text_encoder", "unet"):
             components[name].to(device)

@@ -27,8 +27,9 @@ KIND = "generator"
 VARIANTS = ("plain", "rebase", "no_swap")
 
 
-def assemble_generator(prior: Path, unet: Path, controlnet: Path, out: Path, variant: str = "plain") -> dict:
-    """Write the generator folder `out` for `variant`; returns its metadata."""
+def assemble_generator(prior: Path, unet: Path, controlnet: Path, out: Path, variant: str = "plain", prior_config: str | None = None) -> dict:
+    """Write the generator folder `out` for `variant`; returns its metadata. `prior_config`: the
+    configs source of a single-file prior (models.load_single_file)."""
     import torch
     from diffusers import StableDiffusionControlNetPipeline
 
@@ -43,7 +44,7 @@ def assemble_generator(prior: Path, unet: Path, controlnet: Path, out: Path, var
         raise DataError(f"{prior}: prior pipeline folder not found")
     unet_s = load_unet_folder(unet_path, "U^S (source UNet)")
     cn = load_controlnet_folder(controlnet_path)
-    components = models.load_components(prior)
+    components = models.load_components(prior, config=prior_config)
     unet_p = components["unet"]
     models.check_controlnet(cn, controlnet_path / "config.json", components["vae"])
     check_compatible(unet_s, unet_p, unet_path, _where(prior, "unet"), "U^S")
@@ -75,6 +76,7 @@ def assemble_generator(prior: Path, unet: Path, controlnet: Path, out: Path, var
         variant=variant,
         unet_in_generator="U^S" if variant == "no_swap" else "U^P",
         prior=_resolved(prior),
+        **({"prior_config": _resolved(Path(prior_config))} if prior_config is not None else {}),
         prior_metadata=prior_meta,
         prior_steps=prior_meta.get("steps"),
         unet_source=str(unet_path.resolve()),
@@ -180,7 +182,10 @@ def add_cli(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
             "ControlNet (re-based by U^P - U^S for --variant rebase), with dginstyle.json."
         ),
     )
-    p.add_argument("--prior", required=True, type=Path, help="prior pipeline folder (U^P)")
+    from dginstyle.diffusion.finetune import PRIOR_CONFIG_HELP, PRIOR_HELP
+
+    p.add_argument("--prior", required=True, type=Path, help=PRIOR_HELP)
+    p.add_argument("--prior-config", default=None, help=PRIOR_CONFIG_HELP)
     p.add_argument("--unet", required=True, type=Path, help="U^S: the UNet folder written by finetune-unet")
     p.add_argument("--controlnet", required=True, type=Path, help="ControlNet folder written by train-controlnet")
     p.add_argument("--variant", choices=VARIANTS, default="plain", help="plain (paper), rebase, or no_swap (ablation)")
@@ -190,4 +195,4 @@ def add_cli(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def _run_cli(args: argparse.Namespace) -> None:
-    assemble_generator(args.prior, args.unet, args.controlnet, args.out, args.variant)
+    assemble_generator(args.prior, args.unet, args.controlnet, args.out, args.variant, prior_config=args.prior_config)

@@ -40,6 +40,47 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("mit", "resnet")
 
+#: The public ImageNet checkpoints the paper's backbones start from, as a user downloads them.
+#: Rule convert_pretrained (workflow/rules/pretrained.smk) turns `resources/<file>` into
+#: `resources/<backbone>.safetensors`, the paths workflow/configs/paper.yaml names. `where`: the
+#: release that publishes the file; resnet101_v1c's address is the one mmengine resolves
+#: `open-mmlab://resnet101_v1c` to (mmengine/hub/openmmlab.json; a test checks they agree).
+PUBLIC_CHECKPOINTS = {
+    "mit_b5": {
+        "file": "mit_b5.pth",
+        "format": "mit",
+        "model": "daformer_mitb5",
+        "where": "the SegFormer authors' release of ImageNet-1K pretrained MiT weights (NVlabs SegFormer, the file DAFormer and DGInStyle start from)",
+    },
+    "resnet101_v1c": {
+        "file": "resnet101_v1c-e67eebb6.pth",
+        "format": "resnet",
+        "model": "deeplabv2_r101",
+        "where": "https://download.openmmlab.com/pretrain/third_party/resnet101_v1c-e67eebb6.pth (open-mmlab's open-mmlab://resnet101_v1c)",
+    },
+}
+RESOURCES = "resources"
+
+
+def download_path(backbone: str) -> str:
+    """Where the user puts the public checkpoint of `backbone` (relative to the working directory)."""
+    return f"{RESOURCES}/{PUBLIC_CHECKPOINTS[backbone]['file']}"
+
+
+def converted_path(backbone: str) -> str:
+    """What rule convert_pretrained makes of it."""
+    return f"{RESOURCES}/{backbone}.safetensors"
+
+
+def missing_download_message(backbone: str, key: str = "segmentation.pretrained") -> str:
+    """One line: which file to download, from where, and where to put it."""
+    entry = PUBLIC_CHECKPOINTS[backbone]
+    return (
+        f"config key '{key}': {converted_path(backbone)} is converted from {download_path(backbone)}, which is missing: "
+        f"download {entry['file']} from {entry['where']} and put it at {download_path(backbone)} "
+        f"(relative to the working directory); rule convert_pretrained converts it (docs/weights.md)"
+    )
+
 _MIT_OFFICIAL = re.compile(r"^(patch_embed|block|norm)(\d+)\.(.+)$")
 _RESNET_KEY = re.compile(
     r"^(conv1\.weight|bn1\.\w+|stem\.\d+\.\w+|layer[1-4]\.\d+\.(conv[123]\.weight|bn[123]\.\w+|downsample\.[01]\.\w+))$"

@@ -2,6 +2,7 @@
 # the DAG's back: every value a command needs goes through a rule's params.
 
 import json
+import os
 import shlex
 import sys
 import tempfile
@@ -167,8 +168,16 @@ def prior_input(wildcards):
 
 
 def prior_argument(wildcards, input):
-    """--prior of a command: the input folder, or the configured model path or id."""
+    """--prior of a command: the input folder, or the configured model (id, folder or file)."""
     return input.prior if PRIOR_TRAINED_HERE else PRIOR
+
+
+def prior_config_option(wildcards):
+    """--prior-config of a command that loads the prior, quoted for the shell: prior.config,
+    the configs of a single-file prior.model (none: the command's default, SD 1.5's id).
+    """
+    configs = None if PRIOR_TRAINED_HERE else config["prior"]["config"]
+    return shlex.join(["--prior-config", configs]) if configs else ""
 
 
 def prior_corpus_spec():
@@ -424,6 +433,71 @@ def metrics_files():
         seed=SEEDS,
         target=config["targets"],
     )
+
+
+# ----------------------------------------------------------------------------- ImageNet backbones
+
+from dginstyle.segmentation.catalog import backbone_of
+from dginstyle.segmentation.pretrained import (
+    PUBLIC_CHECKPOINTS,
+    converted_path,
+    download_path,
+    missing_download_message,
+)
+
+
+wildcard_constraints:
+    backbone="|".join(PUBLIC_CHECKPOINTS),
+
+
+def pretrained_key(model):
+    """The config key that names the pretrained weights of `model`'s backbone."""
+    if isinstance(config["segmentation"]["pretrained"], dict):
+        return f"segmentation.pretrained.{backbone_of(model)}"
+    return "segmentation.pretrained"
+
+
+def pretrained_input(wildcards):
+    """The experiment's ImageNet backbone weights as an input of its training (none: from
+    scratch). resources/<backbone>.safetensors of a public backbone is made by rule
+    convert_pretrained from the user's download; any other file must exist when the DAG is
+    planned. Planning only looks: it writes nothing."""
+    model = experiment_model(wildcards)
+    path = pretrained_weights(config, model)
+    if not path:
+        return {}
+    backbone = backbone_of(model)
+    if backbone in PUBLIC_CHECKPOINTS and os.path.normpath(path) == converted_path(
+        backbone
+    ):
+        return {"pretrained": converted_path(backbone)}
+    if not os.path.exists(path):
+        raise WorkflowError(
+            f"config key '{pretrained_key(model)}': pretrained weights {path} not found"
+            + (
+                f"; or set it to {converted_path(backbone)} and put {download_path(backbone)} there (docs/weights.md)"
+                if backbone in PUBLIC_CHECKPOINTS
+                else ""
+            )
+        )
+    return {"pretrained": path}
+
+
+def backbone_download(wildcards):
+    """The user's download, which convert_pretrained converts. Missing, the DAG stops at once
+    with one line saying what to download, from where, and where to put it (nothing when the
+    converted file is there already; the download may have been removed since)."""
+    download = download_path(wildcards.backbone)
+    if os.path.exists(download):
+        return download
+    if os.path.exists(converted_path(wildcards.backbone)):
+        return []
+    key = (
+        f"segmentation.pretrained.{wildcards.backbone}"
+        if isinstance(config["segmentation"]["pretrained"], dict)
+        else "segmentation.pretrained"
+    )
+    raise WorkflowError(missing_download_message(wildcards.backbone, key))
 
 
 # ----------------------------------------------------------------------------- tables

@@ -78,6 +78,7 @@ rule finetune_unet:
         gpu=1,
     params:
         prior=prior_argument,
+        prior_config=prior_config_option,
         hp=settings(config["finetune_unet"]),
         ratios=",".join(str(r) for r in config["finetune_unet"]["resize_ratios"]),
         checkpointing=(
@@ -87,7 +88,7 @@ rule finetune_unet:
         ),
         checkpoints="results/checkpoints/finetune_unet",
     shell:
-        "python -m dginstyle finetune-unet --prior {params.prior:q} --source {input.source:q}"
+        "python -m dginstyle finetune-unet --prior {params.prior:q} {params.prior_config} --source {input.source:q}"
         " --out {output:q} --checkpoints {params.checkpoints:q} --steps {params.hp[steps]:q}"
         " --learning-rate {params.hp[learning_rate]:q} --batch-size {params.hp[batch_size]:q}"
         " --gradient-accumulation {params.hp[gradient_accumulation]:q}"
@@ -119,6 +120,7 @@ rule train_controlnet:
         gpu=1,
     params:
         prior=prior_argument,
+        prior_config=prior_config_option,
         hp=settings(config["controlnet"]),
         checkpointing=(
             "--gradient-checkpointing"
@@ -129,7 +131,7 @@ rule train_controlnet:
         guidance=config["generation"]["guidance_scale"],
         checkpoints="results/checkpoints/train_controlnet",
     shell:
-        "python -m dginstyle train-controlnet --prior {params.prior:q} --unet {input.unet:q}"
+        "python -m dginstyle train-controlnet --prior {params.prior:q} {params.prior_config} --unet {input.unet:q}"
         " --source {input.source:q} --out {output:q} --checkpoints {params.checkpoints:q}"
         " --steps {params.hp[steps]:q} --learning-rate {params.hp[learning_rate]:q}"
         " --batch-size {params.hp[batch_size]:q} --gradient-accumulation {params.hp[gradient_accumulation]:q}"
@@ -158,6 +160,7 @@ rule style_swap:
         runtime=30,
     params:
         prior=prior_argument,
+        prior_config=prior_config_option,
     shell:
-        "python -m dginstyle style-swap --prior {params.prior:q} --unet {input.unet:q}"
+        "python -m dginstyle style-swap --prior {params.prior:q} {params.prior_config} --unet {input.unet:q}"
         " --controlnet {input.controlnet:q} --variant {wildcards.variant:q} --out {output:q} > {log:q} 2>&1"

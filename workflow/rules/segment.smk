@@ -4,6 +4,7 @@
 
 rule train_segmentation:
     input:
+        unpack(pretrained_input),
         source=f"results/datasets/{config['source']}",
         generated=training_shards,
     output:
