@@ -128,6 +128,7 @@ def _check_references(config: dict) -> None:
         if data != "source" and data not in config.get("generated_sets", {}):
             raise ConfigError(f"config key 'experiments.{name}.data': {data!r} is neither 'source' nor a generated set (defined under 'generated_sets': {', '.join(sorted(config.get('generated_sets', {})))})")
     _check_models(config)
+    _check_source_sampling(config)
     _check_feature_distance(config)
     _check_shade(config)
     qc_users = [name for name, experiment in config.get("experiments", {}).items() if experiment.get("quality_control")]
@@ -181,7 +182,10 @@ def _check_prior_file(prior: dict) -> None:
 
 
 # The settings an experiment may give itself, with the segmentation key it inherits otherwise.
-EXPERIMENT_OWN = ("model", "feature_distance", "rare_class_sampling", "shade", "crop_size", "source_resize", "generated_resize")
+EXPERIMENT_OWN = (
+    "model", "feature_distance", "rare_class_sampling", "rcs_min_crop_ratio", "source_sampling", "shade", "crop_size",
+    "source_resize", "generated_resize",
+)  # fmt: skip
 
 
 def _check_models(config: dict) -> None:
@@ -189,8 +193,8 @@ def _check_models(config: dict) -> None:
     test sizes: evaluation.test_sizes, which an experiment's map replaces as a whole) and check
     that pretrained weights, when configured, exist for the backbone of each experiment's model."""
     segmentation = config.get("segmentation", {})
-    fallback = {"model": "daformer_mitb5", "feature_distance": False, "rare_class_sampling": False, "shade": False,
-                "crop_size": 512, "source_resize": None, "generated_resize": None}  # fmt: skip
+    fallback = {"model": "daformer_mitb5", "feature_distance": False, "rare_class_sampling": False, "rcs_min_crop_ratio": 0.5,
+                "source_sampling": "full", "shade": False, "crop_size": 512, "source_resize": None, "generated_resize": None}  # fmt: skip
     for experiment in config.get("experiments", {}).values():
         for key in EXPERIMENT_OWN:
             experiment.setdefault(key, json.loads(json.dumps(segmentation.get(key, fallback[key]))))  # a copy
@@ -212,6 +216,34 @@ def _check_models(config: dict) -> None:
                 f"segmentation.pretrained names no weights; give them per backbone, e.g. "
                 f"pretrained: {{{backbone_of(segmentation['model'])}: ..., {backbone}: ...}} (null: train it from scratch)"
             ) from None
+
+
+PRESAMPLED = ("presampled", "presampled_recrop")
+
+
+def _check_source_sampling(config: dict) -> None:
+    """A presampled subset is the release's way of drawing the source by class (once, before
+    training); online rare class sampling is the other (every draw): an experiment takes one."""
+    segmentation = config.get("segmentation", {})
+    for name, experiment in config.get("experiments", {}).items():
+        if experiment["source_sampling"] in PRESAMPLED and experiment["rare_class_sampling"]:
+            own = experiment["source_sampling"] != segmentation.get("source_sampling", "full")
+            key = f"experiments.{name}.source_sampling" if own else "segmentation.source_sampling"
+            raise ConfigError(
+                f"config key '{key}': experiment {name!r} trains on the presampled subset ({experiment['source_sampling']}) and with "
+                f"online rare_class_sampling; both draw the source images by class (the release's 512 rows: the subset without "
+                f"online RCS): set rare_class_sampling: false for it, or source_sampling: full"
+            )
+
+
+def presample_settings(config: dict) -> dict:
+    """The presampled subset's settings with its nulls resolved (a validated config): min_pixels
+    null is the source's prepared threshold (prepare.rcs_min_pixels); recrop_min_pixels null is
+    half of min_pixels (the release: 1500 at 3000)."""
+    presample = config["presample"]
+    min_pixels = presample["min_pixels"] if presample["min_pixels"] is not None else config["prepare"]["rcs_min_pixels"]
+    recrop = presample["recrop_min_pixels"] if presample["recrop_min_pixels"] is not None else min_pixels // 2
+    return {**presample, "min_pixels": int(min_pixels), "recrop_min_pixels": int(recrop)}
 
 
 def _check_feature_distance(config: dict) -> None:

@@ -397,7 +397,7 @@ def mit_tiny_weights_only(config: dict, path: str) -> dict:
     return {backbone_of(m): (path if backbone_of(m) == "mit_tiny" else None) for m in models}
 
 
-def test_config_refuses_feature_distance_without_weights_and_paper_turns_both_on():
+def test_config_refuses_feature_distance_without_weights_and_paper_sets_the_extras_per_row():
     from dginstyle.config import ConfigError, validate_config
     from dginstyle.segmentation.catalog import backbone_of
 
@@ -427,8 +427,13 @@ def test_config_refuses_feature_distance_without_weights_and_paper_turns_both_on
     # only, and the SegFormer ones, which measure the network without DAFormer's extras
     plain = {name for name, e in paper["experiments"].items() if e["model"] in ("deeplabv2_r101", "segformer_mitb5")}
     assert plain == {"deeplabv2_source_only", "deeplabv2_dginstyle", "segformer_source_only", "segformer_dginstyle"}
-    assert all(e["feature_distance"] and e["rare_class_sampling"] for name, e in paper["experiments"].items() if name not in plain)
+    assert all(e["feature_distance"] for name, e in paper["experiments"].items() if name not in plain)
     assert not any(paper["experiments"][name]["feature_distance"] or paper["experiments"][name]["rare_class_sampling"] for name in plain)
+    # online RCS on the HRDA rows only (all of GTA5, min crop 2.0); the 512 rows draw their source
+    # by class once instead (the presampled subset, tests/test_presample.py)
+    rcs = {name for name, e in paper["experiments"].items() if e["rare_class_sampling"]}
+    assert rcs == {name for name in paper["experiments"] if name.startswith("hrda_")}
+    assert all(paper["experiments"][name]["rcs_min_crop_ratio"] == 2.0 and paper["experiments"][name]["source_sampling"] == "full" for name in rcs)
 
 
 def test_the_dag_passes_the_extras_to_train_segmentation(tmp_path):

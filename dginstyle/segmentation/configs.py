@@ -197,8 +197,11 @@ def generated_pipeline(crop_size: tuple[int, int], resize: tuple[int, int] | Non
     return steps
 
 
-def prepared_dataset_config(dataset: Path, split: str, pipeline: list[dict], test_mode: bool = False) -> dict:
-    return dict(type="PreparedSegDataset", dataset_dir=str(Path(dataset).resolve()), split=split, pipeline=pipeline, test_mode=test_mode)
+def prepared_dataset_config(dataset: Path, split: str, pipeline: list[dict], test_mode: bool = False, subset: Path | None = None) -> dict:
+    config = dict(type="PreparedSegDataset", dataset_dir=str(Path(dataset).resolve()), split=split, pipeline=pipeline, test_mode=test_mode)
+    if subset is not None:
+        config["subset"] = str(Path(subset).resolve())
+    return config
 
 
 def generated_dataset_config(shards: list[Path], pipeline: list[dict]) -> dict:
@@ -214,15 +217,17 @@ def mixed_dataset_config(
     source_resize: tuple[int, int] | None = None,
     generated_resize: tuple[int, int] | None = None,
     generated_repeat: int = 1,
+    source_subset: Path | None = None,
 ) -> dict:
     """Source + generated data concatenated (mmengine ConcatDataset): every sample of both
     appears once per epoch, so the mix follows their sizes (docs/method.md section 3).
     `generated_repeat` > 1 lists each generated pair that many times per epoch (RepeatDataset),
-    for a set too small to hold the paper's share of generated samples.
-    Without generated shards, the source dataset alone."""
+    for a set too small to hold the paper's share of generated samples. `source_subset`: only
+    the source images of a presampled subset (`dginstyle presample-source`, the release's 512
+    setting). Without generated shards, the source dataset alone."""
     if generated_repeat < 1:
         raise DataError(f"generated_repeat must be >= 1 (got {generated_repeat})")
-    src = prepared_dataset_config(source, split, source_pipeline(crop_size, source_resize))
+    src = prepared_dataset_config(source, split, source_pipeline(crop_size, source_resize), subset=source_subset)
     if not generated_shards:
         return src
     gen = generated_dataset_config(list(generated_shards), generated_pipeline(crop_size, generated_resize))
@@ -252,6 +257,7 @@ def training_config(
     checkpoint_interval: int = 1000,
     log_interval: int = 50,
     num_workers: int = 0,
+    source_subset: Path | None = None,
 ) -> dict:
     """The full mmengine Runner config (crop_size is (h, w); resizes are (w, h))."""
     if iterations < 1:
@@ -269,7 +275,7 @@ def training_config(
         sampler=dict(type="InfiniteSampler", shuffle=True),
         dataset=mixed_dataset_config(
             source, generated, crop_size=crop_size, source_resize=source_resize, generated_resize=generated_resize,
-            generated_repeat=generated_repeat,
+            generated_repeat=generated_repeat, source_subset=source_subset,
         ),  # fmt: skip
     )
     return dict(
@@ -305,5 +311,8 @@ def training_config(
         randomness=dict(seed=seed, deterministic=False),
         launcher="none",
         # Recorded for the run's readers; not mmengine keys.
-        dginstyle=dict(model=model, crop_size=list(crop_size), source=str(source), generated=[str(g) for g in generated]),
+        dginstyle=dict(
+            model=model, crop_size=list(crop_size), source=str(source), generated=[str(g) for g in generated],
+            source_subset=None if source_subset is None else str(source_subset),
+        ),  # fmt: skip
     )

@@ -1,8 +1,10 @@
 """mmseg dataset classes reading our prepared-dataset contract and our generated shards.
 
 Registered in mmseg's DATASETS:
-- `PreparedSegDataset(dataset_dir, split)`: images/<split>/<stem>.<ext> + labels/<split>/<stem>.png
-  for every stem of <split>.txt (dginstyle.data.contract).
+- `PreparedSegDataset(dataset_dir, split, subset=None)`: images/<split>/<stem>.<ext> +
+  labels/<split>/<stem>.png for every stem of <split>.txt (dginstyle.data.contract); with
+  `subset` (a folder written by `dginstyle presample-source`), only the subset's stems, in its
+  order, each sample's info carrying the class it was drawn for (`tagged_class`).
 - `GeneratedSegDataset(shards)`: for each shard folder, images/<id>.png + labels/<id>.png for
   every row of pairs.jsonl.
 Both: the 19 Cityscapes train classes and palette, labels already in train IDs
@@ -95,9 +97,10 @@ class PreparedSegDataset(BaseSegDataset):
 
     METAINFO = METAINFO
 
-    def __init__(self, dataset_dir: str, split: str, **kwargs):
+    def __init__(self, dataset_dir: str, split: str, subset: str | None = None, **kwargs):
         self.dataset_dir = str(dataset_dir)
         self.split = split
+        self.subset = None if subset is None else str(subset)
         kwargs.setdefault("img_suffix", ".png")
         kwargs.setdefault("seg_map_suffix", ".png")
         kwargs["reduce_zero_label"] = False
@@ -109,7 +112,16 @@ class PreparedSegDataset(BaseSegDataset):
         samples = prepared_samples(self.dataset_dir, self.split)
         if not samples:
             raise DataError(f"{self.dataset_dir}: split {self.split!r} is empty")
-        return [_info(img, label, "source") for _, img, label in samples]
+        if self.subset is None:
+            return [_info(img, label, "source") for _, img, label in samples]
+        from dginstyle.segmentation.presample import read_subset
+
+        by_stem = {stem: (img, label) for stem, img, label in samples}
+        pairs = read_subset(self.subset, self.dataset_dir, self.split)["pairs"]
+        missing = [stem for stem, _ in pairs if stem not in by_stem]
+        if missing:
+            raise DataError(f"{self.subset}: subset image {missing[0]!r} is not in split {self.split!r} of {self.dataset_dir}")
+        return [dict(_info(*by_stem[stem], "source"), tagged_class=cls) for stem, cls in pairs]
 
 
 @DATASETS.register_module()

@@ -8,7 +8,11 @@ share over the source train split, T = 0.01), then uniformly an image holding mo
 defaults to the threshold the dataset was prepared with (prepare.rcs_min_pixels, so it scales
 with the miniature world's image size). As in DAFormer, when the random crop of the drawn image
 holds no more than `min_crop_ratio` x `min_pixels` pixels of c (ratio 0.5), the sample is
-loaded again (new crop), at most 10 times.
+loaded again (new crop), at most 10 times. A ratio above 1 asks the crop for more pixels of c
+than the image had to hold to be drawn: HRDA's 1024 setting uses 0.5 x 2^2 = 2.0 (its crops
+come from images resized to 2560x1440, about 1.8 times GTA5's native area, while the counts
+are native), i.e. more than 6000 px of c in the 1024 crop. A crop that never gets there is
+used as the tenth reload left it.
 
 Generated data keeps its plain concatenation: the sampler walks a seeded permutation of the
 whole training set (source + generated) as mmengine's InfiniteSampler does, and every position
@@ -16,7 +20,14 @@ that falls on a source image is replaced by an RCS draw. So the mix still follow
 (per pass: as many source draws as source images, every generated pair once) and only which
 source images are seen changes.
 
-Two registered pieces:
+The release's 512 setting draws its source images once instead (`presample.py`, the
+presampled subset) and trains without online RCS: `TaggedCropDataset` (mmseg DATASETS) wraps
+the training dataset whose source part is such a subset, and loads a source sample again (new
+random crop), at most `tries` (10) times, while the crop holds no more than `min_pixels` (1500)
+pixels of the class the image was drawn for (SegModel `dg_dataset.py` `get_gta_rcs_crop`).
+Generated samples pass through; the sampler stays mmengine's InfiniteSampler.
+
+Two registered pieces of online RCS:
 - `RareClassDataset` (mmseg DATASETS) wraps the training dataset (the source alone, or the
   ConcatDataset of source + generated). Its indices beyond len(dataset) name a draw:
   len + source_index * NUM_CLASSES + class, which it loads with the crop check above.
@@ -90,8 +101,8 @@ class RareClassDataset:
         self.dataset = DATASETS.build(dataset) if isinstance(dataset, dict) else dataset
         if hasattr(self.dataset, "full_init"):
             self.dataset.full_init()
-        if not 0.0 <= float(min_crop_ratio) <= 1.0:
-            raise DataError(f"RCS min crop ratio must be in [0, 1], got {min_crop_ratio}")
+        if not float(min_crop_ratio) >= 0.0:
+            raise DataError(f"RCS min crop ratio must be >= 0, got {min_crop_ratio}")
         source = _source_part(self.dataset)
         self.num_source = len(source)
         self.draws, stats_path = read_class_draws(source.dataset_dir, source.split, temperature, min_pixels)
@@ -134,14 +145,9 @@ class RareClassDataset:
         source_index, cls = divmod(idx - size, NUM_CLASSES)
         if source_index >= self.num_source:
             raise IndexError(f"RCS index {idx} out of range")
-        sample = self.dataset[source_index]
         if self.min_crop_ratio > 0:
-            for _ in range(CROP_TRIES):
-                count = self._class_pixels(sample, cls)
-                if count is None or count > self.min_pixels * self.min_crop_ratio:
-                    break
-                sample = self.dataset[source_index]
-        return sample
+            return _recrop(self.dataset, source_index, cls, self.min_pixels * self.min_crop_ratio, CROP_TRIES)
+        return self.dataset[source_index]
 
     def describe(self) -> dict:
         p = self.draws.probabilities
@@ -151,6 +157,62 @@ class RareClassDataset:
             "min_crop_ratio": self.min_crop_ratio,
             "class_probabilities": {CLASSES[c]: round(float(p[c]), 6) for c in range(NUM_CLASSES) if round(float(p[c]), 6) > 0},
         }
+
+
+def _recrop(dataset, index: int, cls: int, min_pixels: float, tries: int):
+    """dataset[index], loaded again (a new random crop) at most `tries` times while its crop
+    holds no more than `min_pixels` pixels of class `cls` (DAFormer's and the release's loop)."""
+    sample = dataset[index]
+    for _ in range(tries):
+        count = RareClassDataset._class_pixels(sample, cls)
+        if count is None or count > min_pixels:
+            break
+        sample = dataset[index]
+    return sample
+
+
+@DATASETS.register_module()
+class TaggedCropDataset:
+    """The training dataset whose source part is a presampled subset (`PreparedSegDataset` with
+    `subset`): each source sample re-cut until it shows its drawn class (see module docstring)."""
+
+    def __init__(self, dataset, min_pixels: int = 1500, tries: int = CROP_TRIES):
+        self.dataset = DATASETS.build(dataset) if isinstance(dataset, dict) else dataset
+        if hasattr(self.dataset, "full_init"):
+            self.dataset.full_init()
+        if int(min_pixels) < 0 or int(tries) < 0:
+            raise DataError(f"re-crop min pixels and tries must be >= 0, got {min_pixels} and {tries}")
+        self.min_pixels = int(min_pixels)
+        self.tries = int(tries)
+        source = _source_part(self.dataset)
+        self.num_source = len(source)
+        self.tags = [source.get_data_info(i).get("tagged_class") for i in range(self.num_source)]
+        if any(tag is None for tag in self.tags):
+            raise DataError(f"{source.dataset_dir}: the re-crop by drawn class needs a presampled subset (`dginstyle presample-source`) as the source")
+
+    @property
+    def metainfo(self) -> dict:
+        return copy.deepcopy(self.dataset.metainfo)
+
+    def full_init(self) -> None:
+        pass
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, idx: int):
+        idx = int(idx)
+        if idx < self.num_source:
+            return _recrop(self.dataset, idx, int(self.tags[idx]), self.min_pixels, self.tries)
+        return self.dataset[idx]
+
+
+def with_tagged_recrop(dataloader: dict, min_pixels: int = 1500, tries: int = CROP_TRIES) -> dict:
+    """A train_dataloader config whose dataset (source part: a presampled subset) is wrapped in
+    TaggedCropDataset; the sampler is left as it is."""
+    out = copy.deepcopy(dataloader)
+    out["dataset"] = dict(type="TaggedCropDataset", dataset=out["dataset"], min_pixels=int(min_pixels), tries=int(tries))
+    return out
 
 
 @DATA_SAMPLERS.register_module()

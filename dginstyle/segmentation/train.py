@@ -16,6 +16,9 @@ Source-only extras of the paper's setting (DAFormer's and HRDA's; all off by def
     --feature-distance      ImageNet feature distance on thing classes against a frozen copy of
                             the pretrained backbone (feature_distance.py; needs --pretrained)
     --rare-class-sampling   rare class sampling of the source images (rcs.py)
+    --source-subset         train on a presampled source subset (presample.py, the release's
+                            512 setting) instead of the whole source split; with --tagged-recrop
+                            each of its images is re-cut until it shows the class it was drawn for
     --shade                 SHADE style hallucination with style (and retrospection) consistency
                             (shade.py; the retrospection term needs --pretrained)
 """
@@ -83,16 +86,37 @@ def latest_checkpoint(work_dir: Path) -> Path | None:
 SETTINGS = "settings.json"
 
 
-def data_fingerprint(source: Path, generated: list[Path]) -> dict:
+def data_fingerprint(source: Path, generated: list[Path], source_subset: Path | None = None) -> dict:
     """sha256 of the manifests of the training data: the source's (it lists every label file's
-    hash) and each generated shard's (its generator, plan and settings), so that new data under
-    the same paths counts as other settings (None where a folder has no manifest)."""
+    hash) and each generated shard's (its generator, plan and settings), and of the presampled
+    subset's list, so that new data under the same paths counts as other settings (None where a
+    folder has no manifest)."""
 
-    def manifest_sha256(folder: Path) -> str | None:
-        manifest = Path(folder) / "manifest.json"
+    def manifest_sha256(folder: Path, name: str = "manifest.json") -> str | None:
+        manifest = Path(folder) / name
         return sha256_file(manifest) if manifest.is_file() else None
 
-    return {"source_manifest": manifest_sha256(source), "generated_manifests": [manifest_sha256(g) for g in generated]}
+    fingerprint = {"source_manifest": manifest_sha256(source), "generated_manifests": [manifest_sha256(g) for g in generated]}
+    if source_subset is not None:  # only then: the record of runs without a subset stays as it was
+        from dginstyle.segmentation.presample import SUBSET
+
+        fingerprint["source_subset"] = manifest_sha256(source_subset, SUBSET)
+    return fingerprint
+
+
+def epoch_mix(dataset) -> dict:
+    """Samples per epoch of a built training dataset, {"source": n, "generated": m}: its source
+    part (the first of a ConcatDataset, or the whole) and the rest (generated pairs, after
+    repeats). Online RCS and the re-crop wrap the dataset and keep its length; the RCS sampler
+    replaces each source position of a pass by a draw, so the counts are those of a pass."""
+    from mmengine.dataset import BaseDataset, ConcatDataset
+
+    inner = dataset
+    while hasattr(inner, "dataset") and not isinstance(inner, (BaseDataset, ConcatDataset)):
+        inner = inner.dataset  # RareClassDataset / TaggedCropDataset
+    total = len(dataset)
+    source = len(inner.datasets[0]) if isinstance(inner, ConcatDataset) else total
+    return {"source": source, "generated": total - source}
 
 
 def set_aside_stale_checkpoints(work_dir: Path, settings: dict) -> None:
@@ -253,6 +277,10 @@ def train_segmentation(
     rcs_temperature: float = 0.01,
     rcs_min_pixels: int | None = None,
     rcs_min_crop_ratio: float = 0.5,
+    source_subset: Path | None = None,
+    tagged_recrop: bool = False,
+    recrop_min_pixels: int = 1500,
+    recrop_tries: int = 10,
     shade: bool = False,
     shade_basis_styles: int = shade_defaults.BASIS_STYLES,
     shade_concentration: float = shade_defaults.CONCENTRATION,
@@ -267,7 +295,11 @@ def train_segmentation(
     generated_repeat: each generated pair appears that many times per epoch (1: once, the paper's).
     feature_distance: DAFormer's ImageNet feature distance (lambda `fd_lambda` on the train IDs
     `fd_classes`, default the thing classes; needs `pretrained`). rare_class_sampling: RCS of
-    the source images (temperature, min pixels: default the prepared dataset's threshold).
+    the source images (temperature, min pixels: default the prepared dataset's threshold; min
+    crop ratio, above 1 for HRDA's 1024 setting). source_subset: a presampled subset
+    (`dginstyle presample-source`) the source part is restricted to; tagged_recrop: each of its
+    samples re-cut, at most `recrop_tries` times, until its crop holds more than
+    `recrop_min_pixels` of the class the image was drawn for (the release's DAFormer 512 row).
     shade: SHADE style hallucination (shade.py: K basis styles, Dirichlet concentration, basis
     refresh interval and images per refresh, style / retrospection consistency weights; the
     retrospection term needs `pretrained`).
@@ -298,7 +330,29 @@ def train_segmentation(
         raise DataError(f"--loader-workers must be >= 0, got {loader_workers}")
     if not head_lr_mult > 0:
         raise DataError(f"--head-lr-mult must be positive, got {head_lr_mult}")
-    n_source = len(prepared_samples(source, "train"))
+    source_stems = [stem for stem, _, _ in prepared_samples(source, "train")]
+    n_source = n_prepared = len(source_stems)
+    subset = None
+    if tagged_recrop and source_subset is None:
+        raise DataError("--tagged-recrop re-cuts the images of a presampled subset by the class each was drawn for: give --source-subset")
+    if source_subset is not None:
+        from dginstyle.segmentation.presample import read_subset
+
+        if rare_class_sampling:
+            raise DataError(
+                "--source-subset and --rare-class-sampling both draw the source images by class: the release's 512 rows train on the "
+                "presampled subset without online RCS (give one of them)"
+            )
+        source_subset = Path(source_subset)
+        subset = read_subset(source_subset, source)  # one line on a problem, before anything is built
+        missing = sorted({stem for stem, _ in subset["pairs"]} - set(source_stems))
+        if missing:
+            raise DataError(f"{source_subset}: subset image {missing[0]!r} is not in the train split of {source}")
+        n_source = len(subset["pairs"])
+        if tagged_recrop and (recrop_min_pixels < 0 or recrop_tries < 0):
+            raise DataError(f"--recrop-min-pixels and --recrop-tries must be >= 0, got {recrop_min_pixels} and {recrop_tries}")
+    recrop_settings = dict(min_pixels=int(recrop_min_pixels), tries=int(recrop_tries)) if tagged_recrop else None
+    sampling_mode = "full" if subset is None else ("presampled_recrop" if tagged_recrop else "presampled")
     generated_pairs = [generated_samples(g) for g in generated]
     n_generated = sum(len(pairs) for pairs in generated_pairs)
     fd_settings = rcs_settings = None
@@ -316,8 +370,8 @@ def train_segmentation(
         from dginstyle.labels import CLASSES
         from dginstyle.segmentation.rcs import read_class_draws
 
-        if not 0.0 <= rcs_min_crop_ratio <= 1.0:
-            raise DataError(f"RCS min crop ratio must be in [0, 1], got {rcs_min_crop_ratio}")
+        if not rcs_min_crop_ratio >= 0.0:
+            raise DataError(f"RCS min crop ratio must be >= 0, got {rcs_min_crop_ratio}")
         draws, _ = read_class_draws(source, "train", rcs_temperature, rcs_min_pixels)  # one line on a problem, before anything is built
         rcs_settings = dict(temperature=float(rcs_temperature), min_pixels=draws.min_pixels, min_crop_ratio=float(rcs_min_crop_ratio))
         rcs_probabilities = {CLASSES[c]: round(float(p), 6) for c, p in enumerate(draws.probabilities) if round(float(p), 6) > 0}
@@ -349,8 +403,10 @@ def train_segmentation(
         "generated_repeat": generated_repeat, "source_resize_wh": list(source_resize) if source_resize else None,
         "generated_resize_wh": list(generated_resize) if generated_resize else None,
     }  # fmt: skip
+    if subset is not None:  # only then: the settings of runs on the whole source stay as they were
+        run_settings.update(source_subset=str(source_subset), tagged_recrop=recrop_settings)
     set_aside_stale_checkpoints(work_dir, {
-        **run_settings, "data": data_fingerprint(source, generated),
+        **run_settings, "data": data_fingerprint(source, generated, source_subset),
         "feature_distance": None if fd_settings is None else {**fd_settings, "classes": list(fd_settings["classes"])},
         "rare_class_sampling": rcs_settings, "shade": shade_settings,
     })  # fmt: skip
@@ -360,7 +416,7 @@ def train_segmentation(
         batch_size=batch_size, crop_size=crop, learning_rate=learning_rate, head_lr_mult=head_lr_mult,
         weight_decay=weight_decay, warmup_iterations=warmup_iterations, poly_power=poly_power, seed=seed, source_resize=source_resize,
         generated_resize=generated_resize, generated_repeat=generated_repeat, checkpoint_interval=checkpoint_interval,
-        log_interval=log_interval, num_workers=loader_workers,
+        log_interval=log_interval, num_workers=loader_workers, source_subset=source_subset,
     )  # fmt: skip
     # SHADE collects its basis styles from the training data without rare class sampling (as the
     # release does): the plain dataset config, taken before RCS wraps it.
@@ -370,10 +426,16 @@ def train_segmentation(
 
         cfg["train_dataloader"] = with_rare_class_sampling(cfg["train_dataloader"], **rcs_settings)
         cfg["custom_imports"]["imports"].append("dginstyle.segmentation.rcs")
+    if recrop_settings is not None:
+        from dginstyle.segmentation.rcs import with_tagged_recrop
+
+        cfg["train_dataloader"] = with_tagged_recrop(cfg["train_dataloader"], **recrop_settings)
+        cfg["custom_imports"]["imports"].append("dginstyle.segmentation.rcs")
     # Recorded in the saved config for its readers (the model config itself is the plain model:
     # the feature distance's frozen copy exists only while training).
     cfg["dginstyle"]["feature_distance"] = None if fd_settings is None else {**fd_settings, "classes": list(fd_settings["classes"]), "pretrained": str(pretrained)}
     cfg["dginstyle"]["rare_class_sampling"] = rcs_settings
+    cfg["dginstyle"]["tagged_recrop"] = recrop_settings
     cfg["dginstyle"]["shade"] = shade_settings
     if resume_from is not None:
         allow_mmengine_checkpoint_types()
@@ -428,18 +490,33 @@ def train_segmentation(
     import mmengine
     import mmseg
 
+    # The mix of one epoch as the loader really builds it (after the subset and the repeats).
+    mix = epoch_mix(runner.train_dataloader.dataset)
     metadata = {
         "stage": "train-segmentation",
         **run_settings,
         "iterations": iterations,
         "threads": threads,
         "source_samples": n_source,
+        "source_images_prepared": n_prepared,
         "generated_samples": n_generated,
-        # The share of an epoch's samples that are generated pairs (0 for source-only).
-        "generated_share": round(generated_repeat * n_generated / max(n_source + generated_repeat * n_generated, 1), 4),
-        "mix": "ConcatDataset of source train + generated pairs ("
+        "samples_per_epoch": mix,
+        # The realised share of an epoch's samples that are generated pairs (0 for source-only):
+        # generated samples per epoch / all samples per epoch, after the subset and the repeats.
+        "generated_share": round(mix["generated"] / max(mix["source"] + mix["generated"], 1), 4),
+        "source_sampling": {
+            "mode": sampling_mode,
+            "subset": None if subset is None else str(source_subset),
+            "subset_settings": None if subset is None else subset.get("settings"),
+            "subset_class_histogram": None if subset is None else subset.get("class_histogram"),
+            "tagged_recrop": recrop_settings,
+        },
+        "mix": "ConcatDataset of source train"
+        + ("" if subset is None else f" (the presampled subset of {n_source} of its {n_prepared} images)")
+        + " + generated pairs ("
         + ("mix follows their sizes" if generated_repeat == 1 else f"each generated pair listed {generated_repeat} times")
-        + ")" + ("; source positions drawn by rare class sampling" if rcs_settings else ""),
+        + ")" + ("; source positions drawn by rare class sampling" if rcs_settings else "")
+        + ("; each source sample re-cut until it shows its drawn class" if recrop_settings else ""),
         "feature_distance": None if fd is None else {**fd.describe(), "pretrained": str(pretrained), "extra_backbone_forwards": fd.extra_forwards},
         "rare_class_sampling": None if rcs_settings is None else {**rcs_settings, "class_probabilities": rcs_probabilities},
         "shade": None if sh is None else {
@@ -534,7 +611,15 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     rcs.add_argument("--rare-class-sampling", action="store_true", help="draw source images by class (p(c) = softmax((1 - f_c) / T)), then an image holding it")
     rcs.add_argument("--rcs-temperature", type=float, default=0.01)
     rcs.add_argument("--rcs-min-pixels", type=int, default=None, help="pixels of the class an image must hold (default: the prepared dataset's threshold)")
-    rcs.add_argument("--rcs-min-crop-ratio", type=float, default=0.5, help="reload a crop holding no more than this x min pixels of the class (up to 10 times)")
+    rcs.add_argument(
+        "--rcs-min-crop-ratio", type=float, default=0.5,
+        help="reload a crop holding no more than this x min pixels of the class (up to 10 times); above 1 (HRDA's 2.0) the crop must hold more than the image had to",
+    )  # fmt: skip
+    sub = p.add_argument_group("presampled source subset (the release's 512 setting; instead of --rare-class-sampling)")
+    sub.add_argument("--source-subset", type=Path, default=None, help="a folder written by `dginstyle presample-source` from --source: train on its images only")
+    sub.add_argument("--tagged-recrop", action="store_true", help="re-cut each subset sample until its crop shows the class the image was drawn for")
+    sub.add_argument("--recrop-min-pixels", type=int, default=1500, help="the crop must hold more pixels of the drawn class than this (the release: 1500)")
+    sub.add_argument("--recrop-tries", type=int, default=10, help="at most this many re-cuts (the release: 10)")
     sh = p.add_argument_group("SHADE style hallucination (Zhao et al., ECCV 2022; the paper's HRDA row)")
     sh.add_argument("--shade", action="store_true", help="restyle the features after the first backbone stage by Dirichlet mixes of basis styles, double the batch, add the style consistency loss")
     sh.add_argument("--shade-basis-styles", type=int, default=shade_defaults.BASIS_STYLES, help="K basis styles, picked by farthest point sampling")
@@ -557,6 +642,8 @@ def _run(args: argparse.Namespace) -> None:
         log_interval=args.log_interval, loader_workers=args.loader_workers, feature_distance=args.feature_distance, fd_lambda=args.fd_lambda,
         fd_classes=args.fd_classes, fd_min_ratio=args.fd_min_ratio, rare_class_sampling=args.rare_class_sampling,
         rcs_temperature=args.rcs_temperature, rcs_min_pixels=args.rcs_min_pixels, rcs_min_crop_ratio=args.rcs_min_crop_ratio,
+        source_subset=args.source_subset, tagged_recrop=args.tagged_recrop, recrop_min_pixels=args.recrop_min_pixels,
+        recrop_tries=args.recrop_tries,
         shade=args.shade, shade_basis_styles=args.shade_basis_styles, shade_concentration=args.shade_concentration,
         shade_basis_interval=args.shade_basis_interval, shade_basis_samples=args.shade_basis_samples,
         shade_sc_weight=args.shade_sc_weight, shade_rc_weight=args.shade_rc_weight,

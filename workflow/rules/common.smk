@@ -33,7 +33,9 @@ shell.prefix(
 )
 
 from dginstyle.config import (
+    PRESAMPLED,
     ConfigError,
+    presample_settings,
     pretrained_weights,
     used_datasets,
     validate_config,
@@ -299,6 +301,24 @@ def training_shards(wildcards):
     )
 
 
+# The presampled source subset, which presample_source draws from the source (one per config).
+PRESAMPLED_SUBSET = f"results/presampled/{config['source']}"
+
+
+def presample_parameters():
+    """presample_source's settings (nulls resolved: the prepared threshold, half of it)."""
+    resolved = presample_settings(config)
+    return settings(
+        {key: resolved[key] for key in ("images", "temperature", "min_pixels", "seed")}
+    )
+
+
+def source_subset(wildcards):
+    """The presampled subset as an input of the experiments that train on it (none otherwise)."""
+    experiment = config["experiments"][wildcards.experiment]
+    return PRESAMPLED_SUBSET if experiment["source_sampling"] in PRESAMPLED else []
+
+
 def quality_control_segmenter(wildcards):
     """The run that filters generated labels: the first seed of the configured source-only
     experiment (a run the tables need anyway, so quality control costs no extra training).
@@ -328,6 +348,7 @@ SEGMENTATION_OWN = (
     "rcs_temperature",
     "rcs_min_pixels",
     "rcs_min_crop_ratio",
+    "source_sampling",
     "shade",
     "shade_basis_styles",
     "shade_concentration",
@@ -356,9 +377,11 @@ def experiment_crop_size(wildcards):
     return config["experiments"][wildcards.experiment]["crop_size"]
 
 
-def segmentation_options(wildcards):
+def segmentation_options(wildcards, input):
     """Optional train-segmentation flags, quoted for the shell: the experiment's resizes, the
-    pretrained backbone weights of its model, its feature distance, rare class sampling and SHADE.
+    pretrained backbone weights of its model, its feature distance, its source sampling (the
+    presampled subset, its input, with or without the re-crop by drawn class; or online rare
+    class sampling with its own min crop ratio) and SHADE.
     """
     hp = config["segmentation"]
     experiment = config["experiments"][wildcards.experiment]
@@ -394,10 +417,21 @@ def segmentation_options(wildcards):
             "--rcs-temperature",
             hp["rcs_temperature"],
             "--rcs-min-crop-ratio",
-            hp["rcs_min_crop_ratio"],
+            experiment["rcs_min_crop_ratio"],
         ]
         if hp["rcs_min_pixels"] is not None:
             options += ["--rcs-min-pixels", hp["rcs_min_pixels"]]
+    if experiment["source_sampling"] in PRESAMPLED:
+        options += ["--source-subset", input.subset]
+        if experiment["source_sampling"] == "presampled_recrop":
+            presample = presample_settings(config)
+            options += [
+                "--tagged-recrop",
+                "--recrop-min-pixels",
+                presample["recrop_min_pixels"],
+                "--recrop-tries",
+                presample["recrop_tries"],
+            ]
     if experiment["shade"]:
         options += [
             "--shade",

@@ -2,11 +2,35 @@
 # (experiment, seed, target). Each is independent, so a cluster runs them in parallel.
 
 
+rule presample_source:
+    input:
+        source=f"results/datasets/{config['source']}",
+    output:
+        directory(PRESAMPLED_SUBSET),
+    log:
+        f"results/logs/presample_source/{config['source']}.log",
+    benchmark:
+        f"results/benchmarks/rules/presample_source/{config['source']}.tsv"
+    conda:
+        "../../envs/data.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    params:
+        hp=presample_parameters(),
+    shell:
+        "python -m dginstyle presample-source --source {input.source:q} --out {output:q}"
+        " --images {params.hp[images]:q} --temperature {params.hp[temperature]:q}"
+        " --min-pixels {params.hp[min_pixels]:q} --seed {params.hp[seed]:q} > {log:q} 2>&1"
+
+
 rule train_segmentation:
     input:
         unpack(pretrained_input),
         source=f"results/datasets/{config['source']}",
         generated=training_shards,
+        subset=source_subset,
     output:
         directory("results/segmentation/{experiment}/seed{seed}"),
     log:
