@@ -443,6 +443,8 @@ def test_the_dag_passes_the_extras_to_train_segmentation(tmp_path):
 
     config = smoke(feature_distance=True, rare_class_sampling=True)
     config["segmentation"]["pretrained"] = mit_tiny_weights_only(config, "w/mit.safetensors")
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "mit.safetensors").write_bytes(b"")  # the DAG takes the weights as an input: they must exist
     for experiment in config["experiments"].values():
         if backbone_of(experiment.get("model", "daformer_tiny")) != "mit_tiny":
             experiment["feature_distance"] = False
