@@ -212,3 +212,43 @@ def test_loader_workers_default_to_none_on_a_cpu_and_the_threads_with_cuda(monke
     assert default_loader_workers(4) == 0
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert (default_loader_workers(1), default_loader_workers(4), default_loader_workers(32)) == (1, 4, 8)
+
+
+def test_segmentation_mixed_precision_reaches_the_optimizer_wrapper(tmp_path):
+    """The release trains in float32; fp16/bf16 are an option (mmengine's AmpOptimWrapper)."""
+    from dginstyle.segmentation.configs import training_config
+
+    common = dict(
+        source=tmp_path, generated=[], work_dir=tmp_path / "unused", model="daformer_tiny", iterations=1, batch_size=2,
+        crop_size=(32, 32), learning_rate=1e-4, weight_decay=0.01, warmup_iterations=0, poly_power=1.0, seed=0,
+    )  # fmt: skip
+    assert training_config(**common)["optim_wrapper"]["type"] == "OptimWrapper"
+    fp16 = training_config(**common, mixed_precision="fp16")["optim_wrapper"]
+    assert (fp16["type"], fp16["dtype"], fp16["loss_scale"]) == ("AmpOptimWrapper", "float16", "dynamic")
+    assert training_config(**common, mixed_precision="bf16")["optim_wrapper"]["dtype"] == "bfloat16"
+
+
+def test_mixed_precision_without_a_gpu_is_one_line(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from dginstyle.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    (tmp_path / "source").mkdir()
+    code = main(["train-segmentation", "--source", str(tmp_path / "source"), "--out", str(tmp_path / "run"),
+                 "--work-dir", str(tmp_path / "work"), "--mixed-precision", "fp16"])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and "needs a CUDA GPU" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_segmentation_mixed_precision_reaches_the_command_only_when_asked(tmp_path):
+    config = smoke()
+    config["segmentation"]["mixed_precision"] = "bf16"
+    configfile = write_config(tmp_path / "amp.yaml", config)
+    result = snakemake("results/segmentation/source_only/seed0", "-n", "-p", "--cores", "1", "--configfile", str(configfile), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    train = [line for line in result.stdout.splitlines() if "train-segmentation" in line]
+    assert train and all("--mixed-precision bf16" in line for line in train)
+    default = snakemake("results/segmentation/source_only/seed0", "-n", "-p", "--cores", "1", "--configfile", str(write_config(tmp_path / "d.yaml", smoke())), cwd=tmp_path)
+    assert "--mixed-precision" not in default.stdout

@@ -236,6 +236,16 @@ def mixed_dataset_config(
     return dict(type="ConcatDataset", datasets=[src, gen])
 
 
+MIXED_PRECISION = ("no", "fp16", "bf16")
+
+
+def optim_wrapper_type(mixed_precision: str) -> dict:
+    """mmengine's optimizer wrapper for a precision: plain float32, or automatic mixed precision."""
+    if mixed_precision == "no":
+        return dict(type="OptimWrapper")
+    return dict(type="AmpOptimWrapper", dtype={"fp16": "float16", "bf16": "bfloat16"}[mixed_precision], loss_scale="dynamic")
+
+
 def training_config(
     *,
     source: Path,
@@ -258,8 +268,14 @@ def training_config(
     log_interval: int = 50,
     num_workers: int = 0,
     source_subset: Path | None = None,
+    mixed_precision: str = "no",
 ) -> dict:
-    """The full mmengine Runner config (crop_size is (h, w); resizes are (w, h))."""
+    """The full mmengine Runner config (crop_size is (h, w); resizes are (w, h)).
+
+    mixed_precision "fp16" / "bf16": mmengine's AmpOptimWrapper (autocast, dynamic loss
+    scaling; CUDA only). The release trains in float32 ("no")."""
+    if mixed_precision not in MIXED_PRECISION:
+        raise DataError(f"mixed precision must be one of {', '.join(MIXED_PRECISION)}, got {mixed_precision!r}")
     if iterations < 1:
         raise DataError("iterations must be >= 1")
     warmup = max(0, min(int(warmup_iterations), iterations))
@@ -286,7 +302,7 @@ def training_config(
         train_dataloader=dataloader,
         train_cfg=dict(type="IterBasedTrainLoop", max_iters=iterations, val_interval=iterations + 1),
         optim_wrapper=dict(
-            type="OptimWrapper",
+            **optim_wrapper_type(mixed_precision),
             optimizer=dict(type="AdamW", lr=learning_rate, betas=(0.9, 0.999), weight_decay=weight_decay),
             # One schedule for every model, as the DAFormer / HRDA / DGInStyle code base trains
             # DAFormer, SegFormer and DeepLabV2 alike (AdamW, head lr x head_lr_mult = 10, poly

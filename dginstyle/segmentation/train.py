@@ -257,6 +257,7 @@ def train_segmentation(
     crop_size: tuple[int, int] | int = DEFAULTS["crop_size"],
     learning_rate: float = DEFAULTS["learning_rate"],
     head_lr_mult: float = DEFAULTS["head_lr_mult"],
+    mixed_precision: str = "no",
     weight_decay: float = DEFAULTS["weight_decay"],
     warmup_iterations: int = DEFAULTS["warmup_iterations"],
     poly_power: float = DEFAULTS["poly_power"],
@@ -325,6 +326,8 @@ def train_segmentation(
     torch.set_num_threads(threads)
     if batch_size < 1 or checkpoint_interval < 1 or log_interval < 1:
         raise DataError("batch size, checkpoint interval and log interval must be >= 1")
+    if mixed_precision != "no" and not torch.cuda.is_available():
+        raise DataError(f"--mixed-precision {mixed_precision} needs a CUDA GPU; on a CPU train with 'no' (float32, as the release)")
     loader_workers = default_loader_workers(threads) if loader_workers is None else loader_workers
     if loader_workers < 0:
         raise DataError(f"--loader-workers must be >= 0, got {loader_workers}")
@@ -403,6 +406,8 @@ def train_segmentation(
         "generated_repeat": generated_repeat, "source_resize_wh": list(source_resize) if source_resize else None,
         "generated_resize_wh": list(generated_resize) if generated_resize else None,
     }  # fmt: skip
+    if mixed_precision != "no":  # only then: float32 runs keep the settings (and checkpoints) they had
+        run_settings["mixed_precision"] = mixed_precision
     if subset is not None:  # only then: the settings of runs on the whole source stay as they were
         run_settings.update(source_subset=str(source_subset), tagged_recrop=recrop_settings)
     set_aside_stale_checkpoints(work_dir, {
@@ -416,7 +421,7 @@ def train_segmentation(
         batch_size=batch_size, crop_size=crop, learning_rate=learning_rate, head_lr_mult=head_lr_mult,
         weight_decay=weight_decay, warmup_iterations=warmup_iterations, poly_power=poly_power, seed=seed, source_resize=source_resize,
         generated_resize=generated_resize, generated_repeat=generated_repeat, checkpoint_interval=checkpoint_interval,
-        log_interval=log_interval, num_workers=loader_workers, source_subset=source_subset,
+        log_interval=log_interval, num_workers=loader_workers, source_subset=source_subset, mixed_precision=mixed_precision,
     )  # fmt: skip
     # SHADE collects its basis styles from the training data without rare class sampling (as the
     # release does): the plain dataset config, taken before RCS wraps it.
@@ -566,6 +571,8 @@ def _int_list(text: str) -> list[int]:
 
 
 def add_cli(sub: argparse._SubParsersAction) -> None:
+    from dginstyle.segmentation.configs import MIXED_PRECISION
+
     p = sub.add_parser(
         "train-segmentation",
         help="train a segmenter (DAFormer, DeepLabV2, SegFormer) on source + generated data (mmseg 1.x, mmengine Runner)",
@@ -581,6 +588,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--crop-size", type=_size_wh, default=(512, 512), help="training crop WIDTHxHEIGHT or N (square)")
     p.add_argument("--learning-rate", type=float, default=DEFAULTS["learning_rate"], help="backbone lr (the head's: x --head-lr-mult)")
     p.add_argument("--head-lr-mult", type=float, default=DEFAULTS["head_lr_mult"], help="the decode head's learning rate over the backbone's")
+    p.add_argument("--mixed-precision", choices=MIXED_PRECISION, default="no", help="automatic mixed precision on CUDA (the release: no, float32)")
     p.add_argument("--weight-decay", type=float, default=DEFAULTS["weight_decay"])
     p.add_argument("--warmup-iterations", type=int, default=DEFAULTS["warmup_iterations"])
     p.add_argument("--poly-power", type=float, default=DEFAULTS["poly_power"])
@@ -636,6 +644,7 @@ def _run(args: argparse.Namespace) -> None:
     train_segmentation(
         args.source, args.generated, args.out, args.work_dir, model=args.model, iterations=args.iterations,
         batch_size=args.batch_size, crop_size=(h, w), learning_rate=args.learning_rate, head_lr_mult=args.head_lr_mult,
+        mixed_precision=args.mixed_precision,
         weight_decay=args.weight_decay, warmup_iterations=args.warmup_iterations, poly_power=args.poly_power,
         seed=args.seed, threads=args.threads, pretrained=args.pretrained, source_resize=args.source_resize,
         generated_resize=args.generated_resize, generated_repeat=args.generated_repeat, checkpoint_interval=args.checkpoint_interval,

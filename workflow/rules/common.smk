@@ -396,6 +396,8 @@ def segmentation_options(wildcards, input):
     # Only where there is generated data, so that changing it leaves source-only runs alone.
     if experiment["data"] != "source" and hp["generated_repeat"] != 1:
         options += ["--generated-repeat", hp["generated_repeat"]]
+    if hp["mixed_precision"] != "no":  # only then: float32 runs keep their command line
+        options += ["--mixed-precision", hp["mixed_precision"]]
     if hp["loader_workers"] is not None:
         options += ["--loader-workers", hp["loader_workers"]]
     pretrained = pretrained_weights(config, experiment_model(wildcards))
