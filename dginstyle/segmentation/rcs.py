@@ -93,8 +93,24 @@ def read_class_draws(dataset_dir, split: str = "train", temperature: float = TEM
     return ClassDraws(stats, float(temperature), int(min_pixels), str(stats_path)), stats_path
 
 
+class _WrappedDataset:
+    """What mmengine reads from a training dataset, passed through to the wrapped `self.dataset`."""
+
+    dataset: object
+
+    @property
+    def metainfo(self) -> dict:
+        return copy.deepcopy(self.dataset.metainfo)
+
+    def full_init(self) -> None:
+        pass
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+
 @DATASETS.register_module()
-class RareClassDataset:
+class RareClassDataset(_WrappedDataset):
     """The training dataset, plus RCS draws of its source images (see module docstring)."""
 
     def __init__(self, dataset, temperature: float = TEMPERATURE, min_pixels: int | None = None, min_crop_ratio: float = MIN_CROP_RATIO):
@@ -115,16 +131,6 @@ class RareClassDataset:
             raise DataError(f"{stats_path}: class statistics do not describe the split's images (e.g. {(missing or ['a count mismatch'])[0]!r}); prepare the dataset again")
         self.index_of = index_of
 
-    # mmengine reads these from a training dataset
-    @property
-    def metainfo(self) -> dict:
-        return copy.deepcopy(self.dataset.metainfo)
-
-    def full_init(self) -> None:
-        pass
-
-    def __len__(self) -> int:
-        return len(self.dataset)
 
     def draw_index(self, rng: np.random.Generator) -> int:
         """One RCS draw (class, then image), as an index of this dataset."""
@@ -172,7 +178,7 @@ def _recrop(dataset, index: int, cls: int, min_pixels: float, tries: int):
 
 
 @DATASETS.register_module()
-class TaggedCropDataset:
+class TaggedCropDataset(_WrappedDataset):
     """The training dataset whose source part is a presampled subset (`PreparedSegDataset` with
     `subset`): each source sample re-cut until it shows its drawn class (see module docstring)."""
 
@@ -190,15 +196,6 @@ class TaggedCropDataset:
         if any(tag is None for tag in self.tags):
             raise DataError(f"{source.dataset_dir}: the re-crop by drawn class needs a presampled subset (`dginstyle presample-source`) as the source")
 
-    @property
-    def metainfo(self) -> dict:
-        return copy.deepcopy(self.dataset.metainfo)
-
-    def full_init(self) -> None:
-        pass
-
-    def __len__(self) -> int:
-        return len(self.dataset)
 
     def __getitem__(self, idx: int):
         idx = int(idx)
