@@ -234,6 +234,9 @@ def test_the_dag_gives_each_experiment_its_model_and_backbone_weights(tmp_path):
 
     config = _config(pretrained={"mit_tiny": "weights/mit tiny.safetensors", "resnet_tiny_v1c": None, "mit_tiny_sr4": None})
     configfile = write_config(tmp_path / "config.yaml", config)
+    # The weights are an input of the trainings: a missing file stops the dry run (pretrained.smk).
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "mit tiny.safetensors").write_bytes(b"")
     runs = ["source_only", "deeplabv2_source_only", "segformer_source_only"]
     targets = [f"results/segmentation/{r}/seed0" for r in runs]
     result = snakemake(*targets, "-n", "-p", "--cores", "1", "--configfile", str(configfile), cwd=tmp_path)
