@@ -191,6 +191,18 @@ def read_manifest(root: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def read_class_stats(root: Path, split: str, needed_for: str) -> tuple[dict, Path]:
+    """(class_stats/<split>.json of a prepared dataset, its path); `needed_for` ends the one-line
+    error when the file is missing ("rare class sampling needs them")."""
+    path = Path(root) / "class_stats" / f"{split}.json"
+    if not path.is_file():
+        raise DataError(f"{path}: class statistics not found (written by `dginstyle prepare`); {needed_for}")
+    try:
+        return json.loads(path.read_text()), path
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc.msg})") from None
+
+
 def read_split(root: Path, split: str) -> list[str]:
     path = Path(root) / f"{split}.txt"
     if not path.is_file():

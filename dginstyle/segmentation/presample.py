@@ -107,13 +107,7 @@ def presample_source(source: Path, out: Path, *, images: int = IMAGES, temperatu
     source, out = Path(source), Path(out)
     manifest = contract.read_manifest(source)
     stems = contract.read_split(source, split)
-    stats_path = source / "class_stats" / f"{split}.json"
-    if not stats_path.is_file():
-        raise DataError(f"{stats_path}: class statistics not found (written by `dginstyle prepare`); the subset is drawn from them")
-    try:
-        stats = json.loads(stats_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{stats_path}: not valid JSON ({exc.msg})") from None
+    stats, stats_path = contract.read_class_stats(source, split, "the subset is drawn from them")
     if sorted(stats.get("image_class_pixels") or {}) != sorted(stems):
         raise DataError(f"{stats_path}: the class statistics do not describe the images of {split}.txt; prepare the dataset again")
     drawn = draw_subset(stats, int(images), float(temperature), int(min_pixels), int(seed), str(stats_path))

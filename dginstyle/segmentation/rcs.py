@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +54,7 @@ from mmengine.registry import DATA_SAMPLERS  # noqa: E402
 from mmseg.registry import DATASETS  # noqa: E402
 from torch.utils.data import Sampler  # noqa: E402
 
+from dginstyle.data.contract import read_class_stats  # noqa: E402
 from dginstyle.diffusion.crops import RareClassSampler as ClassDraws  # noqa: E402
 from dginstyle.io import DataError  # noqa: E402
 from dginstyle.labels import CLASSES, NUM_CLASSES  # noqa: E402
@@ -77,13 +77,7 @@ def _source_part(dataset):
 def read_class_draws(dataset_dir, split: str = "train", temperature: float = TEMPERATURE, min_pixels: int | None = None):
     """(class/image draws from <dataset_dir>/class_stats/<split>.json, that file's path);
     `min_pixels` None: the threshold the dataset was prepared with. DataError with one line."""
-    stats_path = Path(dataset_dir) / "class_stats" / f"{split}.json"
-    if not stats_path.is_file():
-        raise DataError(f"{stats_path}: class statistics not found (written by `dginstyle prepare`); rare class sampling needs them")
-    try:
-        stats = json.loads(stats_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{stats_path}: not valid JSON ({exc.msg})") from None
+    stats, stats_path = read_class_stats(dataset_dir, split, "rare class sampling needs them")
     if min_pixels is None:
         min_pixels = stats.get("min_pixels")
         if min_pixels is None:
