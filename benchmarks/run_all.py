@@ -1,13 +1,13 @@
 """Run every benchmark and write the performance record.
 
-    python benchmarks/run_all.py [--skip end_to_end,...] [--readme]
+    python benchmarks/run_all.py [--skip end_to_end,...] [--docs]
 
 Runs, one after another (never in parallel: they would time each other), each script of this
 folder: prepare, mrlf, segmentation, plan and end_to_end (the whole default DAG in a fresh
-temporary folder: the longest, about an hour on 2 cores). Each writes
+temporary folder: by far the longest). Each writes
 results/benchmarks/<name>.json; this script then writes results/benchmarks/summary.md from
 whatever JSON files exist (so `--skip` keeps an earlier figure, marked with its date), and with
-`--readme` copies the summary into README.md between its benchmark markers.
+`--docs` copies the summary into docs/performance.md between its benchmark markers.
 """
 
 from __future__ import annotations
@@ -102,19 +102,19 @@ def write_summary() -> str:
     return text
 
 
-def update_readme(summary: str, readme: Path = REPO / "README.md") -> None:
-    text = readme.read_text()
+def update_docs(summary: str, page: Path = REPO / "docs" / "performance.md") -> None:
+    text = page.read_text()
     if START not in text or END not in text:
-        raise SystemExit(f"{readme}: no {START} ... {END} markers")
+        raise SystemExit(f"{page}: no {START} ... {END} markers")
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
-    readme.write_text(f"{head}{START}\n{summary}{END}{tail}")
+    page.write_text(f"{head}{START}\n{summary}{END}{tail}")
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--skip", default="", help="comma-separated benchmarks not to rerun (their last JSON is summarised)")
-    p.add_argument("--readme", action="store_true", help="copy the summary into README.md")
+    p.add_argument("--docs", action="store_true", help="copy the summary into docs/performance.md (between its benchmark markers)")
     args = p.parse_args(argv)
     skip = {s for s in args.skip.split(",") if s}
     unknown = skip - set(ORDER)
@@ -129,8 +129,8 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"benchmarks/{name}.py failed (exit {result.returncode})")
     summary = write_summary()
     print(summary)
-    if args.readme:
-        update_readme(summary)
+    if args.docs:
+        update_docs(summary)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""Segmentation speed on this machine: training iterations/s, evaluation megapixels/s, and the
-share of evaluation time spent outside the network forward.
+"""Segmentation speed on the machine that runs it: training iterations/s, evaluation
+megapixels/s, and the share of evaluation time spent outside the network forward.
 
     python benchmarks/segmentation.py [--models daformer_tiny,daformer_mitb5] [--threads N]
 

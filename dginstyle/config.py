@@ -19,9 +19,10 @@ import yaml
 from dginstyle.data.layouts import default_splits, layout_problems
 from dginstyle.segmentation.catalog import BACKBONES, backbone_of
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
-# The `tables:` key's schema lives with the table code (dginstyle/assets), which checks a table
-# spec given straight to `dginstyle make-table` against the same file.
+# Both schemas ship inside the package, so an installed (non-editable) package finds them.
+SCHEMA_PATH = Path(__file__).resolve().parent / "assets" / "config.schema.yaml"
+# The `tables:` key's schema lives with the table code, which checks a table spec given straight
+# to `dginstyle make-table` against the same file.
 TABLES_SCHEMA_PATH = Path(__file__).resolve().parent / "assets" / "tables.schema.yaml"
 
 

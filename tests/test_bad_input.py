@@ -1,9 +1,9 @@
-"""Bad input, one test per row of the README's "What happens with bad input" table that earlier
+"""Bad input, one test per row of docs/reliability.md's "What happens with bad input" table that earlier
 tests did not inflict yet. Each fault must end the command with exit status 1 and one line
 naming the file or config key, or stop the DAG before it is built, and leave a previous good
 artifact exactly as it was.
 
-Rows already inflicted elsewhere (the README names those tests): tests/test_prepare_real.py
+Rows already inflicted elsewhere (the table names those tests): tests/test_prepare_real.py
 (missing root, another dataset's layout, unknown split, image without label and the reverse,
 corrupt or truncated PNG/JPEG, label IDs out of range, size mismatch, previous output kept),
 tests/test_config.py and tests/test_workflow.py (typo'd key, wrong type, negative count,
@@ -33,7 +33,7 @@ from dginstyle.config import ConfigError, validate_config
 from fake_trees import make_tree
 
 REPO = Path(__file__).resolve().parent.parent
-SMOKE = REPO / "workflow" / "configs" / "smoke.yaml"
+SMOKE = REPO / "tests" / "configs" / "smoke.yaml"
 CITYSCAPES_IDS = (0, 7, 8, 11, 21, 23, 24, 26)
 
 
@@ -397,13 +397,13 @@ def test_a_pickle_named_safetensors_is_refused_unopened(tmp_path):
     assert not marker.exists()
 
 
-# ------------------------------------------------------------------------------------ the README
+# ------------------------------------------------------------------------ docs/reliability.md
 
 
-def test_every_test_the_readme_table_names_exists():
-    """The README's bad-input table names a test per row; a renamed or deleted test fails here."""
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("## What happens with bad input", 1)[1].split("\n## ", 1)[0]
+def test_every_test_the_reliability_table_names_exists():
+    """docs/reliability.md's bad-input table names a test per row; a renamed or deleted test fails here."""
+    page = (REPO / "docs" / "reliability.md").read_text()
+    section = page.split("## What happens with bad input", 1)[1].split("\n## ", 1)[0]
     tokens = re.findall(r"(test_\w+)(\.py|\*)?", section)  # file names end in .py, prefixes in *
     named = {name for name, suffix in tokens if not suffix}
     prefixes = {name for name, suffix in tokens if suffix == "*"}

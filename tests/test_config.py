@@ -13,7 +13,7 @@ from dginstyle.config import ConfigError, config_hash, used_datasets, validate_c
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = {
     "default": REPO / "config.yaml",
-    "smoke": REPO / "workflow" / "configs" / "smoke.yaml",
+    "smoke": REPO / "tests" / "configs" / "smoke.yaml",
     "paper": REPO / "workflow" / "configs" / "paper.yaml",
 }
 
@@ -46,6 +46,27 @@ def test_paper_config_holds_the_paper_settings_without_roots_check():
 def test_paper_config_with_missing_roots_names_the_root():
     with pytest.raises(ConfigError, match=r"datasets\.gta5\.root.*data/gta5"):
         validate_config(load("paper"))
+
+
+DIAGNOSTICS = sorted((REPO / "workflow" / "configs" / "diagnostics").glob("*.yaml"))
+
+
+def test_the_diagnostics_are_found():
+    assert {p.stem for p in DIAGNOSTICS} >= {"upper_bound", "segmenter_2x", "segmenter_os2", "long_segmentation"}
+
+
+@pytest.mark.parametrize("overlay", DIAGNOSTICS, ids=lambda p: p.stem)
+def test_each_diagnostic_says_what_it_answers_and_validates_over_the_default(overlay):
+    """A diagnostic overlay opens with its question and documents its own command; given after
+    config.yaml (Snakemake merges config files key by key, later files winning) it validates."""
+    from snakemake.utils import update_config
+
+    text = overlay.read_text()
+    assert text.splitlines()[0].startswith("# Diagnostic: "), overlay.name
+    assert f"--configfile config.yaml workflow/configs/diagnostics/{overlay.name} " in text, overlay.name
+    config = load("default")
+    update_config(config, yaml.safe_load(text))
+    validate_config(config)
 
 
 def expect_error(config: dict, *patterns: str) -> str:
@@ -177,7 +198,7 @@ def test_schema_is_usable_by_snakemake_validate():
     """The schema is plain JSON schema: Snakemake's own validator accepts the shipped configs."""
     from snakemake.utils import validate
 
-    validate(load("smoke"), str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
+    validate(load("smoke"), str(REPO / "dginstyle" / "assets" / "config.schema.yaml"))
 
 
 def test_experiment_with_unknown_training_data():

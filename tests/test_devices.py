@@ -156,7 +156,7 @@ def test_local_gpu_profile_gives_a_gpu_job_its_own_device(tmp_path):
     command = [
         sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
         "--workflow-profile", str(REPO / "workflow" / "profiles" / "local-gpu"),
-        "--configfile", str(REPO / "workflow" / "configs" / "smoke.yaml"),
+        "--configfile", str(REPO / "tests" / "configs" / "smoke.yaml"),
         "--cores", "2", "results/generator/prior",
     ]
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)

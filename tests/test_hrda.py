@@ -127,7 +127,7 @@ def test_configs_follow_the_dginstyle_hrda_setting():
 def test_smoke_config_trains_hrda():
     from dginstyle.config import validate_config
 
-    config = validate_config(yaml.safe_load((REPO / "workflow" / "configs" / "smoke.yaml").read_text()))
+    config = validate_config(yaml.safe_load((REPO / "tests" / "configs" / "smoke.yaml").read_text()))
     experiment = config["experiments"]["hrda_source_only"]
     assert experiment["data"] == "source" and experiment["model"] == "hrda_daformer_tiny"
 

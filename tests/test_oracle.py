@@ -133,7 +133,7 @@ def test_oracle_needs_a_miniature_world_source():
 
 
 def test_upper_bound_table_plans_the_oracle_runs_and_no_diffusion_for_them(tmp_path):
-    overlay = REPO / "workflow" / "configs" / "upper_bound.yaml"
+    overlay = REPO / "workflow" / "configs" / "diagnostics" / "upper_bound.yaml"
     result = snakemake("-n", "-p", "--cores", "2", "--configfile", str(REPO / "config.yaml"), str(overlay), "--", "results/tables/upper_bound.md", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     jobs = planned_jobs(result)
@@ -159,7 +159,7 @@ def default_and_overlay_plans(tmp_path, overlay: str, table: str):
     the same jobs (an overlay changes how each run trains, not which runs exist)."""
     config = str(REPO / "config.yaml")
     default = snakemake("-n", "-p", "--cores", "2", "--configfile", config, "--", "results/tables/ablation.md", cwd=tmp_path)
-    other = snakemake("-n", "-p", "--cores", "2", "--configfile", config, str(REPO / "workflow" / "configs" / overlay), "--", f"results/tables/{table}.md", cwd=tmp_path)
+    other = snakemake("-n", "-p", "--cores", "2", "--configfile", config, str(REPO / "workflow" / "configs" / "diagnostics" / overlay), "--", f"results/tables/{table}.md", cwd=tmp_path)
     assert default.returncode == 0 and other.returncode == 0, default.stderr + other.stderr
     assert planned_jobs(default) == planned_jobs(other)
     for rule in ("finetune-unet", "train-controlnet", "generate"):  # the default run's generator and generated sets
@@ -193,7 +193,7 @@ def test_segmenter_os2_overlay_changes_only_the_model_and_reuses_the_generated_s
     renamed = sorted(c.replace("--model daformer_tiny_os2 ", "--model daformer_tiny ").replace("_os2/", "/") for c in train_os2)
     assert renamed == train_default  # same data, crops, schedule, seeds and (renamed) folders and logs
     assert len(commands(os2, "evaluate")) == 60
-    overlay = str(REPO / "workflow" / "configs" / "segmenter_os2.yaml")
+    overlay = str(REPO / "workflow" / "configs" / "diagnostics" / "segmenter_os2.yaml")
     per_class = snakemake("-n", "--cores", "2", "--configfile", str(REPO / "config.yaml"), overlay, "--", "results/tables/per_class_os2.md", cwd=tmp_path)
     assert per_class.returncode == 0, per_class.stderr
     assert planned_jobs(per_class)["render_oracle"] == 2  # the perfect generator's row: rendered, not diffused

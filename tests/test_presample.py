@@ -20,7 +20,7 @@ from dginstyle.io import STAGE_MARKER, DataError, stage_of
 from dginstyle.labels import NUM_CLASSES
 
 REPO = Path(__file__).resolve().parent.parent
-SMOKE = REPO / "workflow" / "configs" / "smoke.yaml"
+SMOKE = REPO / "tests" / "configs" / "smoke.yaml"
 
 
 def stats_of(per_image: dict[str, list[int]]) -> dict:

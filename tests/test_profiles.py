@@ -46,7 +46,7 @@ def test_default_profile_is_loaded_wherever_snakemake_runs(tmp_path):
     for cwd in (tmp_path,):  # never the checkout: a test writes nothing there
         result = subprocess.run(
             [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "-n", "--cores", "1",
-             "--configfile", str(REPO / "workflow" / "configs" / "smoke.yaml")],
+             "--configfile", str(REPO / "tests" / "configs" / "smoke.yaml")],
             cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr[-2000:]
@@ -109,7 +109,7 @@ def test_slurm_profile_loads_and_plans_the_smoke_dag(tmp_path):
     command = [
         sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "-n",
         "--workflow-profile", str(PROFILES / "slurm"),
-        "--configfile", str(REPO / "workflow" / "configs" / "smoke.yaml"),
+        "--configfile", str(REPO / "tests" / "configs" / "smoke.yaml"),
     ]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

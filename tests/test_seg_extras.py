@@ -383,7 +383,7 @@ def test_feature_distance_without_pretrained_weights_is_refused(rcs_world, tmp_p
 
 
 def smoke(**segmentation) -> dict:
-    config = yaml.safe_load((REPO / "workflow" / "configs" / "smoke.yaml").read_text())
+    config = yaml.safe_load((REPO / "tests" / "configs" / "smoke.yaml").read_text())
     config["segmentation"].update(segmentation)
     return config
 

@@ -88,7 +88,7 @@ def train(world: Path, name: str, run: str, **extra) -> Path:
 
 
 def test_every_model_is_in_the_schema_and_the_cli():
-    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())["properties"]
+    schema = yaml.safe_load((REPO / "dginstyle" / "assets" / "config.schema.yaml").read_text())["properties"]
     assert schema["segmentation"]["properties"]["model"]["enum"] == list(MODEL_NAMES)
     assert schema["experiments"]["additionalProperties"]["properties"]["model"]["enum"] == list(MODEL_NAMES)
     assert set(MODEL_NAMES) == {"daformer_mitb5", "daformer_tiny", "daformer_tiny_os2", "deeplabv2_r101", "deeplabv2_tiny", "segformer_mitb5", "segformer_tiny",
@@ -202,7 +202,7 @@ def test_saved_run_loads_with_init_model_and_slides(world, name):
 
 
 def _config(**segmentation):
-    config = yaml.safe_load((REPO / "workflow" / "configs" / "smoke.yaml").read_text())
+    config = yaml.safe_load((REPO / "tests" / "configs" / "smoke.yaml").read_text())
     config["segmentation"].update(segmentation)
     return config
 

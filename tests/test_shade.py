@@ -329,7 +329,7 @@ def test_cli_flags():
 
 
 def smoke() -> dict:
-    return yaml.safe_load((REPO / "workflow" / "configs" / "smoke.yaml").read_text())
+    return yaml.safe_load((REPO / "tests" / "configs" / "smoke.yaml").read_text())
 
 
 def train_commands(config: dict, tmp_path: Path, name: str) -> dict[str, str]:

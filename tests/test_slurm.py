@@ -27,11 +27,11 @@ from workflow_rules import REPO, shell_rules
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-SMOKE = REPO / "workflow" / "configs" / "smoke.yaml"
+SMOKE = REPO / "tests" / "configs" / "smoke.yaml"
 PROFILE = REPO / "workflow" / "profiles" / "slurm"
 # A subset of the smoke DAG, two levels: preparation, contact sheet and layout plan (CPU) and
-# the prior (GPU). Every level costs ~15 s of SLURM scheduling and polling here, and the whole
-# smoke DAG has eight.
+# the prior (GPU). Every level costs SLURM scheduling and polling time, and the whole smoke DAG
+# has eight (docs/performance.md).
 TARGETS = [
     "results/datasets/mini_gta5",
     "results/figures/contact_sheets/mini_gta5.png",

@@ -15,15 +15,15 @@ import yaml
 from fake_trees import make_tree
 
 REPO = Path(__file__).resolve().parent.parent
-SMOKE = REPO / "workflow" / "configs" / "smoke.yaml"
+SMOKE = REPO / "tests" / "configs" / "smoke.yaml"
 PAPER = REPO / "workflow" / "configs" / "paper.yaml"
 
 
 def snakemake(*args: str, cwd: Path, timeout: int = 1800) -> subprocess.CompletedProcess:
     """Run Snakemake on this repo's Snakefile with `cwd` as the working directory.
 
-    The timeout only catches a hang: the smoke run takes a few minutes on 2 cores, but it ran
-    past 10 on a slow day of this shared machine with a second workload beside it (2026-12-02).
+    The timeout only catches a hang: the smoke run takes minutes, but a machine shared with
+    other workloads can stretch that several times over (docs/experiments.md).
     """
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), *args]
     # Jobs call `python`: make it this interpreter, as an activated venv would.
@@ -412,6 +412,11 @@ def test_planning_linting_and_reporting_change_nothing_in_a_finished_run(smoke_r
         result = snakemake(*args, cwd=smoke_run)
         assert result.returncode in (0, 1) and "Traceback" not in result.stderr, args  # --lint exits 1 on advice
         assert tree_state(smoke_run / "results") == before, f"snakemake {' '.join(args)} changed results/"
-    assert (tmp_path / "report.html").is_file()
+    report = (tmp_path / "report.html").read_text(errors="replace")
+    # every figure the README promises: each category, and each generated shard's contact sheet
+    for section in ("Datasets", "Generator", "Generated data", "Tables", "Training"):
+        assert section in report, f"the report has no {section!r} section"
+    shards = sorted(smoke_run.glob("results/generated/*/shard*/contact_sheet.png"))
+    assert shards and report.count("contact_sheet.png") >= len(shards), "the generated shards' contact sheets are missing"
     result = snakemake("-n", "--cores", "2", "--configfile", str(SMOKE), cwd=smoke_run)
     assert result.returncode == 0 and "Nothing to be done" in result.stdout + result.stderr, result.stdout[-2000:]

@@ -38,9 +38,11 @@ rule generate:
         plan="results/generated/{gen}/plan.jsonl",
         source=f"results/datasets/{config['source']}",
     output:
+        # Snakemake's report globs the folder with each pattern's wildcards: a literal name
+        # matches nothing, so the one file wanted is a wildcard constrained to its name.
         report(
             directory("results/generated/{gen}/shard{shard}"),
-            patterns=["contact_sheet.png"],
+            patterns=["{sheet,contact_sheet}.png"],
             caption="../report/generated_shard.rst",
             category="Generated data",
             subcategory="{gen}",
@@ -56,8 +58,8 @@ rule generate:
         "../../envs/generation.yaml"
     # One thread: on a GPU the network runs there (a cluster profile's set-threads gives the job
     # CPU cores for its own reasons); on a CPU the tiny models scale poorly past one thread, so
-    # shards side by side go faster: two one-thread jobs made 1.38x the images per second of one
-    # two-thread job on this 2-core machine (MRLF, 64 px crops).
+    # one-thread shards side by side make more images per second than one shard on all the cores
+    # (docs/performance.md).
     threads: 1
     resources:
         mem_mb=16000,
@@ -85,9 +87,11 @@ rule render_oracle:
         plan="results/generated/{gen}/plan.jsonl",
         source=f"results/datasets/{config['source']}",
     output:
+        # Snakemake's report globs the folder with each pattern's wildcards: a literal name
+        # matches nothing, so the one file wanted is a wildcard constrained to its name.
         report(
             directory("results/generated/{gen}/shard{shard}"),
-            patterns=["contact_sheet.png"],
+            patterns=["{sheet,contact_sheet}.png"],
             caption="../report/generated_shard.rst",
             category="Generated data",
             subcategory="{gen}",

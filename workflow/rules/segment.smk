@@ -39,9 +39,9 @@ rule train_segmentation:
         "results/benchmarks/rules/train_segmentation/{experiment}/seed{seed}.tsv"
     conda:
         "../../envs/segmentation.yaml"
-    # One thread, as for generate and evaluate: two one-thread trainings of the tiny DAFormer
-    # side by side ran 1.6x the iterations per second of one two-thread training on this
-    # 2-core machine; on a GPU the network runs there.
+    # One thread, as for generate and evaluate: the tiny DAFormer scales poorly past one thread on
+    # a CPU, so one-thread trainings side by side make more iterations per second than one
+    # training on all the cores (docs/performance.md); on a GPU the network runs there.
     threads: 1
     resources:
         mem_mb=16000,
