@@ -20,14 +20,19 @@ PANEL_W, PANEL_H, MARGIN = 360, 200, 34
 COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
 
 
-def read_generator_curve(folder: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, losses) of a generator stage folder (U^S or ControlNet)."""
+#: The loss's name for each prediction target a stage can be trained on (a curve without one: "loss").
+LOSS_NAMES = {"epsilon": "noise (epsilon) MSE", "v_prediction": "velocity MSE"}
+
+
+def read_generator_curve(folder: Path) -> tuple[np.ndarray, np.ndarray, str]:
+    """(steps, losses, the loss's name) of a generator stage folder (U^S or ControlNet)."""
     path = Path(folder) / "loss_curve.json"
     try:
         data = json.loads(path.read_text())
-        return np.asarray(data["step"], dtype=float), np.asarray(data["loss"], dtype=float)
+        steps, losses = np.asarray(data["step"], dtype=float), np.asarray(data["loss"], dtype=float)
     except (OSError, ValueError, KeyError) as exc:
         raise DataError(f"{path}: cannot read a loss curve ({exc})") from None
+    return steps, losses, LOSS_NAMES.get(data.get("target"), "loss")
 
 
 def read_segmentation_curve(run: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -81,10 +86,10 @@ def training_curves(out: Path, unet_source: Path | None = None, controlnet: Path
     """Write the curves PNG: one panel per generator stage and one per segmentation
     experiment (runs are <experiment>/seed<k> folders; one line per seed)."""
     panels = []
-    for title, folder in (("U^S fine-tune: epsilon MSE", unet_source), ("ControlNet: epsilon MSE", controlnet)):
+    for stage, folder in (("U^S fine-tune", unet_source), ("ControlNet", controlnet)):
         if folder is not None:
-            steps, losses = read_generator_curve(folder)
-            panels.append(_panel(title, [("loss", steps, smooth(losses, max(1, len(losses) // 30)))]))
+            steps, losses, name = read_generator_curve(folder)
+            panels.append(_panel(f"{stage}: {name}", [("loss", steps, smooth(losses, max(1, len(losses) // 30)))]))
     by_experiment: dict[str, list] = {}
     for run in runs:
         run = Path(run)

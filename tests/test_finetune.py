@@ -34,8 +34,8 @@ _WORLD: dict = {}
 
 @contextlib.contextmanager
 def single_thread():
-    """The stages follow $OMP_NUM_THREADS; tiny models on a shared 2-core machine run fastest on
-    one thread (two threads contend with every other process). Restores both afterwards."""
+    """The stages follow $OMP_NUM_THREADS; tiny models on few, shared CPU cores run fastest on
+    one thread (more threads contend with every other process). Restores both afterwards."""
     threads, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = "1"
     try:
@@ -249,3 +249,42 @@ def test_bad_inputs_are_data_errors(world, tmp_path):
         finetune_unet(root, "ft_bad", steps=1, crop_size=30)
     with pytest.raises(DataError, match="manifest"):
         finetune.finetune_unet(world["prior"], tmp_path, tmp_path / "o", tmp_path / "c", steps=1, **FAST)
+
+
+def test_progress_lines_give_rate_and_time_left_and_the_closing_line_repeats_the_last(world, caplog):
+    """A person follows a long stage in its log: each progress line has the step, the loss, the
+    rate and the time left; the closing line reports the same loss as the last progress line."""
+    import logging
+    import re
+
+    with caplog.at_level(logging.INFO):
+        finetune_unet(world["root"], "ft_log", steps=4, log_every=2)
+    progress = re.findall(r"finetune-unet: step (\d)/4 loss ([0-9.]+) \([0-9.]+ s/step, (\d+ s) left\)", caplog.text)
+    assert [(step, left.endswith(" s")) for step, _, left in progress] == [("2", True), ("4", True)]
+    assert progress[-1][2] == "0 s"
+    closing = re.search(r"finetune-unet: wrote .* \(4 steps, loss ([0-9.]+) over the last 2\)", caplog.text)
+    assert closing and closing.group(1) == progress[-1][1]
+    curve = json.loads((world["root"] / "ft_log" / finetune.LOSS_CURVE).read_text())
+    assert np.isclose(float(progress[-1][1]), np.mean(curve["loss"][-2:]), atol=1e-5)
+
+
+def test_duration_reads_at_a_glance():
+    assert [finetune.duration(s) for s in (0, 89.4, 90, 3000, 5399, 5400, 12600)] == ["0 s", "89 s", "2 min", "50 min", "90 min", "1.5 h", "3.5 h"]
+    assert finetune.recent_loss([4.0, 1.0, 2.0], 2) == 1.5 and finetune.recent_loss([4.0], 0) == 4.0
+    assert np.isnan(finetune.recent_loss([], 5))
+
+
+def test_the_loss_curve_names_what_the_unet_predicts(world, tmp_path):
+    """The curve panel's title says which MSE was minimised: the noise or the velocity."""
+    from dginstyle import curves
+
+    meta = json.loads((world["unet"] / models.METADATA).read_text())
+    curve = json.loads((world["unet"] / finetune.LOSS_CURVE).read_text())
+    assert meta["prediction_type"] == curve["target"] == "epsilon"
+    assert curves.read_generator_curve(world["unet"])[2] == "noise (epsilon) MSE"
+    assert json.loads((world["controlnet"] / finetune.LOSS_CURVE).read_text())["target"] == "epsilon"
+    for target, name in (("v_prediction", "velocity MSE"), (None, "loss")):
+        folder = tmp_path / str(target)
+        folder.mkdir()
+        (folder / finetune.LOSS_CURVE).write_text(json.dumps({"step": [1, 2], "loss": [1.0, 0.5], **({"target": target} if target else {})}))
+        assert curves.read_generator_curve(folder)[2] == name

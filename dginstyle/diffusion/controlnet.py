@@ -130,6 +130,7 @@ def train_controlnet(
         model_fingerprint,
         model_source,
         prior_config_record,
+        recent_loss,
         run_steps,
         step_keys,
         torch_generator,
@@ -249,6 +250,7 @@ def train_controlnet(
         kind=KIND,
         prior=model_source(prior),
         prior_metadata=models.read_metadata(prior),
+        prediction_type=scheduler.config.prediction_type,
         unet=str(unet_path.resolve()),
         unet_metadata=models.read_metadata(unet_path),
         source=str(source.resolve()),
@@ -286,7 +288,7 @@ def train_controlnet(
             atomic_write_bytes(folder / VALIDATION_DIR / path.name, path.read_bytes())
 
     write_output(out, write, metadata, state, "train-controlnet")
-    log.info("train-controlnet: wrote %s (%d steps)", out, state["step"])
+    log.info("train-controlnet: wrote %s (%d steps, loss %.5f over the last %d)", out, state["step"], recent_loss(state["losses"], log_every), log_every)
     return metadata
 
 

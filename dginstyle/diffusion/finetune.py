@@ -160,6 +160,7 @@ def finetune_unet(
         kind=KIND,
         prior=model_source(prior),
         prior_metadata=models.read_metadata(prior),
+        prediction_type=scheduler.config.prediction_type,
         source=str(source.resolve()),
         steps=state["step"],
         hyperparameters=config,
@@ -177,7 +178,7 @@ def finetune_unet(
         unet.save_pretrained(folder, safe_serialization=True)  # trained in float32
 
     write_output(out, write, metadata, state, "finetune-unet")
-    log.info("finetune-unet: wrote %s (%d steps, last loss %.4f)", out, state["step"], state["losses"][-1] if state["losses"] else float("nan"))
+    log.info("finetune-unet: wrote %s (%d steps, loss %.5f over the last %d)", out, state["step"], recent_loss(state["losses"], log_every), log_every)
     return metadata
 
 
@@ -347,6 +348,20 @@ def _mean(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
+def recent_loss(losses: list[float], every: int) -> float:
+    """The mean loss of the last `every` steps: what each progress line and the closing line report."""
+    return float(np.mean(losses[-max(1, every) :])) if losses else float("nan")
+
+
+def duration(seconds: float) -> str:
+    """A time left a person reads at a glance: 45 s, 12 min, 3.5 h."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def loss_log(losses: list[float], every: int) -> list[dict]:
     """Mean loss per block of `every` optimizer steps (the last block may be shorter)."""
     every = max(1, every)
@@ -472,8 +487,11 @@ def run_steps(
         state["losses"].append(total / accumulation)
         state["step_seconds"].append(time.perf_counter() - began)
         if done % max(1, log_every) == 0 or done == steps:
-            recent = state["losses"][-max(1, log_every) :]
-            log.info("%s: step %d/%d loss %.5f (%.2f s/step)", tag, done, steps, float(np.mean(recent)), state["step_seconds"][-1])
+            seconds = float(np.mean(state["step_seconds"][-max(1, log_every) :]))
+            log.info(
+                "%s: step %d/%d loss %.5f (%.2f s/step, %s left)",
+                tag, done, steps, recent_loss(state["losses"], log_every), seconds, duration(seconds * (steps - done)),
+            )
         if on_step is not None:
             on_step(done)
         if done == steps or (checkpoint_every > 0 and done % checkpoint_every == 0):
@@ -484,7 +502,9 @@ def write_output(out: Path, write: Callable[[Path], None], metadata: dict, state
     """Build `stage`'s output folder as a hidden sibling (weights, metadata, loss curve), then rename it."""
     staging = fresh_staging_dir(Path(out), stage)
     write(staging)
-    atomic_write_json(staging / LOSS_CURVE, {"step": list(range(1, len(state["losses"]) + 1)), "loss": state["losses"]})
+    # `target`: what the loss compares the UNet's output with (the noise or the velocity), for the plot's title
+    curve = {"step": list(range(1, len(state["losses"]) + 1)), "loss": state["losses"], "target": metadata["prediction_type"]}
+    atomic_write_json(staging / LOSS_CURVE, curve)
     from dginstyle.diffusion.models import METADATA
 
     atomic_write_json(staging / METADATA, metadata)
