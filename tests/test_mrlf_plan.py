@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from dginstyle.diffusion import generate, models, mrlf
-
-FAST = mrlf.MRLFSettings(steps=3, scale=2, window=8, stride=4, area_threshold=60, guidance_scale=7.5, max_batch=4)
+from test_mrlf import FAST, _street  # the sampler settings and the crop label of the sampler tests
 
 
 @pytest.fixture(scope="module")
@@ -26,14 +25,6 @@ def components(tmp_path_factory):
             if not p.any():
                 p.copy_(torch.randn(p.shape, generator=g) * 0.05)
     return parts
-
-
-def _street(height=32, width=48):
-    label = np.zeros((height, width), np.uint8)
-    label[: height // 3] = 10
-    label[height // 2 :, 5:8] = 5
-    label[0, :3] = 255
-    return label
 
 
 # ----------------------------------------------------------------------------- settings
