@@ -93,13 +93,21 @@ def mapillary_v12_to_train_id() -> np.ndarray:
     return _lut(MAPILLARY_V12_TO_TRAIN_ID, range(MAPILLARY_V12_NUM_CLASSES))
 
 
-def apply_lut(raw: np.ndarray, table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Map a uint8 label image through `table`; return (train IDs uint8, raw values found invalid)."""
-    mapped = table[raw]
-    if (mapped < 0).any():
-        bad = np.unique(raw[mapped < 0])
-        return mapped.astype(np.uint8), bad
-    return mapped.astype(np.uint8), np.empty(0, dtype=raw.dtype)
+def map_label(label, table: np.ndarray) -> tuple[np.ndarray, list[int], list[int]]:
+    """Map a decoded single-channel PIL label image (mode L, or P whose palette indices are the
+    values) through `table` in two C passes: its 256-bin histogram and PIL's `point`.
+
+    Returns (the train-ID map as uint8, the raw values present that the table refuses, the pixel
+    count of each train ID with one last entry for ignore). The counts come from the histogram,
+    so the converted map is never read again."""
+    histogram = label.histogram()[:256]
+    bad = [raw for raw, n in enumerate(histogram) if n and table[raw] < 0]
+    counts = [0] * (NUM_CLASSES + 1)
+    for raw, n in enumerate(histogram):
+        if n and table[raw] >= 0:
+            counts[min(int(table[raw]), NUM_CLASSES)] += n
+    lut = [int(t) if t >= 0 else IGNORE for t in table]
+    return np.asarray(label.point(lut, "L")), bad, counts
 
 
 def lut_as_pairs(table: np.ndarray) -> dict[str, int]:

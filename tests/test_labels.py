@@ -7,8 +7,10 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from PIL import Image
 
 from dginstyle import labels
+from dginstyle.labels import NUM_CLASSES
 
 # Cityscapes label ID -> train ID for the 19 evaluated classes (cityscapesScripts labels.py).
 CITYSCAPES_TRAIN = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10,
@@ -50,30 +52,46 @@ def test_identity_table_accepts_train_ids_and_ignore_only():
     assert all(table[i] == labels.INVALID for i in range(19, 255))
 
 
+def map_array(raw: np.ndarray, table: np.ndarray, mode: str = "L") -> tuple[np.ndarray, list[int], list[int]]:
+    """labels.map_label on a label image made from `raw` (mode L, or P with a palette)."""
+    image = Image.fromarray(raw)
+    if mode == "P":
+        image = image.convert("P")  # keeps the values as indices; the palette is grey
+        image.putpalette([v for i in range(256) for v in ((i * 7) % 256, 0, 255 - i)])
+    return labels.map_label(image, table)
+
+
 @given(arrays(np.uint8, st.tuples(st.integers(1, 9), st.integers(1, 9)), elements=st.sampled_from(sorted(CITYSCAPES_TRAIN) + [0, 4, 9, 30])))
-def test_apply_lut_matches_elementwise_mapping(raw):
-    mapped, bad = labels.apply_lut(raw, labels.cityscapes_id_to_train_id())
-    assert bad.size == 0
-    expected = np.vectorize(lambda v: CITYSCAPES_TRAIN.get(int(v), 255))(raw)
-    assert mapped.dtype == np.uint8 and (mapped == expected).all()
+def test_map_label_matches_elementwise_mapping(raw):
+    for mode in ("L", "P"):  # a palette label is read by its indices, never by its colours
+        mapped, bad, counts = map_array(raw, labels.cityscapes_id_to_train_id(), mode)
+        assert bad == []
+        expected = np.vectorize(lambda v: CITYSCAPES_TRAIN.get(int(v), 255))(raw)
+        assert mapped.dtype == np.uint8 and mapped.shape == raw.shape and (mapped == expected).all()
+        assert counts == [int((expected == c).sum()) for c in range(NUM_CLASSES)] + [int((expected == 255).sum())]
 
 
 @given(arrays(np.uint8, st.tuples(st.integers(1, 9), st.integers(1, 9))))
-def test_apply_lut_reports_exactly_the_out_of_range_values(raw):
-    _, bad = labels.apply_lut(raw, labels.mapillary_v12_to_train_id())
-    assert set(bad.tolist()) == {int(v) for v in np.unique(raw) if v >= 66}
+def test_map_label_reports_exactly_the_out_of_range_values(raw):
+    mapped, bad, counts = map_array(raw, labels.mapillary_v12_to_train_id())
+    assert bad == sorted({int(v) for v in np.unique(raw) if v >= 66})
+    assert (mapped[raw >= 66] == 255).all()  # a refused value never becomes a class
+    assert sum(counts) == int((raw < 66).sum())  # refused pixels are counted nowhere
 
 
-def test_apply_lut_flags_only_values_outside_the_range_and_keeps_road():
-    """Train ID 0 (road) is a class, not a flag; the invalid values come back in the label's dtype."""
+def test_map_label_flags_only_values_outside_the_range_and_keeps_road():
+    """Train ID 0 (road) is a class, not a flag; 255 is a valid raw value only where a table says so."""
     table = labels.cityscapes_id_to_train_id()
     assert table.dtype == np.int16  # the documented table: raw value -> train ID, 255, or INVALID
     raw = np.array([[7, 34, 0], [255, 7, 33]], np.uint8)  # road, out of range, unlabeled, out of range, road, bicycle
-    mapped, bad = labels.apply_lut(raw, table)
-    assert bad.tolist() == [34, 255] and bad.dtype == np.uint8 and mapped.dtype == np.uint8
+    mapped, bad, counts = map_array(raw, table)
+    assert bad == [34, 255]
     assert mapped[0, 0] == 0 and mapped[1, 1] == 0 and mapped[0, 2] == 255 and mapped[1, 2] == 18
-    mapped, bad = labels.apply_lut(np.array([[7, 8]], np.uint8), table)
-    assert mapped.tolist() == [[0, 1]] and bad.size == 0 and bad.dtype == np.uint8
+    assert counts[0] == 2 and counts[18] == 1 and counts[NUM_CLASSES] == 1 and sum(counts) == 4
+    mapped, bad, counts = map_array(np.array([[7, 8]], np.uint8), table)
+    assert mapped.tolist() == [[0, 1]] and bad == [] and counts[:2] == [1, 1] and sum(counts) == 2
     mapillary = labels.mapillary_v12_to_train_id()
-    _, bad = labels.apply_lut(np.array([[13, 66, 24, 41, 200]], np.uint8), mapillary)
-    assert bad.tolist() == [66, 200]
+    _, bad, _ = map_array(np.array([[13, 66, 24, 41, 200]], np.uint8), mapillary)
+    assert bad == [66, 200]
+    mapped, bad, counts = map_array(np.array([[0, 18, 255]], np.uint8), labels.identity_train_ids())
+    assert mapped.tolist() == [[0, 18, 255]] and bad == [] and counts[0] == counts[18] == counts[NUM_CLASSES] == 1

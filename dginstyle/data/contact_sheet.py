@@ -12,7 +12,6 @@ import json
 import textwrap
 from pathlib import Path
 
-import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from dginstyle.data import contract
@@ -105,8 +104,3 @@ def contact_sheet(dataset: Path, out: Path, split: str | None = None, count: int
 
 
 __all__ = ["contact_sheet", "row_width", "ROW_HEIGHT", "GAP", "TITLE_HEIGHT", "CAPTION_WIDTH"]
-
-
-def _as_array(path: Path) -> np.ndarray:  # handy in tests and notebooks
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB"))

@@ -34,7 +34,7 @@ from dginstyle.data import contract
 from dginstyle.data.layouts import LAYOUTS, Pair, check_layout, parse_splits, reader
 from dginstyle.io import DataError
 from dginstyle.parallel import chunked, parallel_map, stopped
-from dginstyle.labels import IGNORE, NUM_CLASSES, lut_as_pairs
+from dginstyle.labels import lut_as_pairs, map_label
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,7 @@ class Converter:
     def __init__(self, fmt: str, staging: Path, table: np.ndarray, size_mismatch: str):
         self.fmt = fmt
         self.staging = Path(staging)
-        self.table = [int(t) for t in table]  # raw -> train ID, negative = invalid
-        self.point_lut = [t if t >= 0 else IGNORE for t in self.table]
+        self.table = np.asarray(table)  # raw -> train ID, negative = invalid
         self.valid = _describe_valid(table)
         self.size_mismatch = size_mismatch
 
@@ -96,21 +95,13 @@ class Converter:
                     return {"split": pair.split, "stem": pair.stem, "image": str(pair.image), "label": str(pair.label), "reason": message}
                 raise DataError(f"{pair.label}: {message} (use --size-mismatch skip to skip such pairs)")
             decode_label(label, pair.label)
-            histogram = label.histogram()[:256]
-            bad = [v for v, n in enumerate(histogram) if n and self.table[v] < 0]
+            mapped, bad, counts = map_label(label, self.table)
             if bad:
                 raise DataError(
                     f"{pair.label}: label values {bad} are outside the {self.fmt} ID range ({self.valid})"
                 )
-            mapped = np.asarray(label.point(self.point_lut, "L"))  # P: maps the indices, not the palette
         finally:
             label.close()
-        # Class counts of the converted map, from the raw histogram (no second pass).
-        counts = [0] * (NUM_CLASSES + 1)
-        for raw, n in enumerate(histogram):
-            if n:
-                train_id = self.table[raw]
-                counts[train_id if train_id < NUM_CLASSES else NUM_CLASSES] += n
         contract.link_image(self.staging, pair.split, pair.stem, pair.image)
         record = contract.write_label(self.staging, pair.split, pair.stem, mapped, class_pixels=counts)
         if pair.condition:

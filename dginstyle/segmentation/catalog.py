@@ -72,8 +72,3 @@ DEEPLABV2_DILATIONS = (6, 12)
 def backbone_of(model: str) -> str:
     """The backbone name of a model (KeyError for an unknown model)."""
     return MODELS_[model]["backbone"]
-
-
-def backbone_kind(backbone: str) -> str:
-    """'mit' or 'resnet': which public checkpoint format (`convert-pretrained --format`) fits it."""
-    return BACKBONES[backbone]["kind"]
