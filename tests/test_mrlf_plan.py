@@ -206,3 +206,9 @@ def test_inside_the_mask_the_last_fusion_leaves_z_init_noised_to_the_final_times
     nxt = mrlf.sample(components, label, "road", 2, replace(FAST, fusion_timestep="next_step"))
     expected = mrlf.add_noise(nxt["z_init"], drawn[-1], mrlf.alpha_bar(scheduler, -1))
     assert torch.allclose(nxt["z_hi"][m.expand_as(nxt["z_hi"])], expected[m.expand_as(expected)], atol=1e-6)
+
+
+def test_generate_image_counts_into_the_callers_stats(components):
+    stats = mrlf.SamplerStats()
+    image = mrlf.generate_image(components, _street(), "road", 0, replace(FAST, mode="plain"), stats)
+    assert image.shape == (32, 48, 3) and (stats.unet_calls, stats.unet_samples, stats.views_run) == (3, 6, 3)
