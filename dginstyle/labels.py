@@ -100,13 +100,15 @@ def map_label(label, table: np.ndarray) -> tuple[np.ndarray, list[int], list[int
     Returns (the train-ID map as uint8, the raw values present that the table refuses, the pixel
     count of each train ID with one last entry for ignore). The counts come from the histogram,
     so the converted map is never read again."""
+    table = np.asarray(table).tolist()  # plain ints: this runs once per label image
     histogram = label.histogram()[:256]
-    bad = [raw for raw, n in enumerate(histogram) if n and table[raw] < 0]
-    counts = [0] * (NUM_CLASSES + 1)
+    bad, counts = [], [0] * (NUM_CLASSES + 1)
     for raw, n in enumerate(histogram):
-        if n and table[raw] >= 0:
-            counts[min(int(table[raw]), NUM_CLASSES)] += n
-    lut = [int(t) if t >= 0 else IGNORE for t in table]
+        if n and table[raw] < 0:
+            bad.append(raw)
+        elif n:
+            counts[min(table[raw], NUM_CLASSES)] += n
+    lut = [t if t >= 0 else IGNORE for t in table]
     return np.asarray(label.point(lut, "L")), bad, counts
 
 

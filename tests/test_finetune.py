@@ -270,8 +270,8 @@ def test_progress_lines_give_rate_and_time_left_and_the_closing_line_repeats_the
 
 def test_duration_reads_at_a_glance():
     assert [finetune.duration(s) for s in (0, 89.4, 90, 3000, 5399, 5400, 12600)] == ["0 s", "89 s", "2 min", "50 min", "90 min", "1.5 h", "3.5 h"]
-    assert finetune.recent_loss([4.0, 1.0, 2.0], 2) == 1.5 and finetune.recent_loss([4.0], 0) == 4.0
-    assert np.isnan(finetune.recent_loss([], 5))
+    assert finetune.recent_mean([4.0, 1.0, 2.0], 2) == 1.5 and finetune.recent_mean([4.0], 0) == 4.0
+    assert np.isnan(finetune.recent_mean([], 5))
 
 
 def test_the_loss_curve_names_what_the_unet_predicts(world, tmp_path):

@@ -130,7 +130,7 @@ def train_controlnet(
         model_fingerprint,
         model_source,
         prior_config_record,
-        recent_loss,
+        recent_mean,
         run_steps,
         step_keys,
         torch_generator,
@@ -288,7 +288,7 @@ def train_controlnet(
             atomic_write_bytes(folder / VALIDATION_DIR / path.name, path.read_bytes())
 
     write_output(out, write, metadata, state, "train-controlnet")
-    log.info("train-controlnet: wrote %s (%d steps, loss %.5f over the last %d)", out, state["step"], recent_loss(state["losses"], log_every), log_every)
+    log.info("train-controlnet: wrote %s (%d steps, loss %.5f over the last %d)", out, state["step"], recent_mean(state["losses"], log_every), log_every)
     return metadata
 
 

@@ -178,7 +178,7 @@ def finetune_unet(
         unet.save_pretrained(folder, safe_serialization=True)  # trained in float32
 
     write_output(out, write, metadata, state, "finetune-unet")
-    log.info("finetune-unet: wrote %s (%d steps, loss %.5f over the last %d)", out, state["step"], recent_loss(state["losses"], log_every), log_every)
+    log.info("finetune-unet: wrote %s (%d steps, loss %.5f over the last %d)", out, state["step"], recent_mean(state["losses"], log_every), log_every)
     return metadata
 
 
@@ -348,9 +348,10 @@ def _mean(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def recent_loss(losses: list[float], every: int) -> float:
-    """The mean loss of the last `every` steps: what each progress line and the closing line report."""
-    return float(np.mean(losses[-max(1, every) :])) if losses else float("nan")
+def recent_mean(values: list[float], every: int) -> float:
+    """The mean of the last `every` values (losses, step times): what each progress line and the
+    closing line report."""
+    return float(np.mean(values[-max(1, every) :])) if values else float("nan")
 
 
 def duration(seconds: float) -> str:
@@ -487,10 +488,10 @@ def run_steps(
         state["losses"].append(total / accumulation)
         state["step_seconds"].append(time.perf_counter() - began)
         if done % max(1, log_every) == 0 or done == steps:
-            seconds = float(np.mean(state["step_seconds"][-max(1, log_every) :]))
+            seconds = recent_mean(state["step_seconds"], log_every)
             log.info(
                 "%s: step %d/%d loss %.5f (%.2f s/step, %s left)",
-                tag, done, steps, recent_loss(state["losses"], log_every), seconds, duration(seconds * (steps - done)),
+                tag, done, steps, recent_mean(state["losses"], log_every), seconds, duration(seconds * (steps - done)),
             )
         if on_step is not None:
             on_step(done)
